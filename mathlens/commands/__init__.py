@@ -1,0 +1,1 @@
+"""One module per `mathlens` subcommand; each defines `add_parser(subparsers)`."""
