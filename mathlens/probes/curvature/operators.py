@@ -1,0 +1,344 @@
+"""Linear operators on the flat parameter space: the Hessian of a training loss and its Gauss–Newton part.
+
+The loss is ``L(w) = mean_b loss_fn(model, batch_b)`` over a fixed list of batches, with ``w`` the
+trainable parameters of ``model`` flattened into one vector ``w: (n_params,)``.  Every operator
+offers ``matvec(v: (n_params,)) -> (n_params,)``, ``size``, ``dtype``, ``device`` and counts its
+products in ``n_matvecs``; algorithms (``algorithms.py``) only ever see this interface.
+
+Hessian–vector products, three ways:
+
+* ``"double_backward"`` — exact: ``Hv = ∇_w ⟨∇_w L, v⟩`` (``torch.autograd.grad`` with
+  ``create_graph=True``).
+* ``"jvp"`` — exact, forward-over-reverse: ``Hv = d/dt ∇L(w + t v)|_{t=0}`` by ``torch.func.jvp`` of
+  ``torch.func.grad`` through ``torch.func.functional_call``.
+* ``"finite_difference"`` — central differences of gradients,
+  ``Hv ≈ (∇L(w + h v) − ∇L(w − h v)) / (2h)`` with ``h = τ · max(‖w‖, 1) / ‖v‖`` (a relative step:
+  the perturbation ``h v`` has norm ``τ · max(‖w‖, 1)``). Error O(τ²) truncation + O(eps/τ) round-off;
+  the default ``τ = eps^{1/3}`` (4.9e-3 in float32, 6.1e-6 in float64) balances the two.  Only first
+  derivatives are taken, so it works with fused ``scaled_dot_product_attention``.
+
+Fused attention: PyTorch's fused SDPA kernels have neither a double backward nor forward-mode AD.
+The exact methods therefore run the model under ``sdpa_kernel(SDPBackend.MATH)`` by default
+(``math_attention=True``: same function, materialised softmax, more memory). With
+``math_attention=False`` a model whose attention is fused raises :class:`MathlensError` naming the
+fix (``math_attention=True`` or ``method="finite_difference"``).
+
+Every evaluation runs the model in ``eval()`` mode (dropout off, so that the operator is a fixed
+symmetric matrix) and restores each module's training flag afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from mathlens.errors import MathlensError
+
+HVP_METHODS = ("double_backward", "jvp", "finite_difference")
+
+
+class ParamSpace:
+    """The trainable parameters of a model as one flat vector ``w: (n_params,)``.
+
+    Tied parameters appear once (``named_parameters`` de-duplicates them). ``names``/``shapes`` give
+    the layout; ``flatten`` and ``unflatten`` convert between a list of tensors and the vector.
+    """
+
+    def __init__(self, model: nn.Module):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise MathlensError("the model has no trainable parameters (requires_grad=False everywhere)")
+        dtypes = {p.dtype for _, p in named}
+        if len(dtypes) != 1:
+            raise MathlensError(f"parameters have mixed dtypes {sorted(map(str, dtypes))}; cast the model first")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.size = sum(self.numels)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+
+    def flatten(self, tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+        """List of tensors shaped like the parameters -> ``(n_params,)``."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """``vec: (n_params,)`` -> list of views shaped like the parameters."""
+        if vec.shape != (self.size,):
+            raise MathlensError(f"vector has shape {tuple(vec.shape)}, expected ({self.size},)")
+        return [c.view(s) for c, s in zip(torch.split(vec, self.numels), self.shapes)]
+
+    def as_dict(self, vec: torch.Tensor, prefix: str = "", copy: bool = False) -> dict[str, torch.Tensor]:
+        """``vec: (n_params,)`` -> ``{prefix + name: tensor}`` for ``torch.func.functional_call``.
+
+        ``copy=True`` gives separate tensors rather than views of ``vec`` (forward-mode AD wants that).
+        """
+        return {prefix + n: (t.clone() if copy else t) for n, t in zip(self.names, self.unflatten(vec))}
+
+    def get(self) -> torch.Tensor:
+        """The current parameters as a detached copy ``(n_params,)``."""
+        return self.flatten([p.detach() for p in self.params]).clone()
+
+    @torch.no_grad()
+    def set_(self, vec: torch.Tensor) -> None:
+        """Copy ``vec: (n_params,)`` into the model's parameters (in place)."""
+        for p, t in zip(self.params, self.unflatten(vec)):
+            p.copy_(t)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every module in eval mode for the duration; restore each module's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(False)
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_fn(model, batch)`` as a module so ``functional_call`` can swap the parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
+def _is_fused_attention_error(err: BaseException) -> bool:
+    text = str(err)
+    return "scaled_dot_product" in text or "flash_attention" in text or "efficient_attention" in text
+
+
+class ModelLoss:
+    """``L(w) = mean_b loss_fn(model, batch_b)`` as a function of the flat parameters ``w``.
+
+    ``value(w)``, ``value_and_grad(w)`` never modify the model (they use ``functional_call``);
+    ``w=None`` means the model's current parameters ``self.w0``.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batches = list(batches)
+        if not self.batches:
+            raise MathlensError("batches is empty: give at least one batch to evaluate the loss on")
+        self.space = ParamSpace(model)
+        self.module = _LossModule(model, loss_fn)
+        self.w0 = self.space.get()
+
+    def _check_scalar(self, loss) -> torch.Tensor:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise MathlensError("loss_fn(model, batch) must return a scalar tensor")
+        return loss.reshape(())
+
+    def batch_loss(self, w: torch.Tensor, batch) -> torch.Tensor:
+        """Loss on one batch at parameters ``w: (n_params,)`` (differentiable in ``w``)."""
+        return self._check_scalar(functional_call(self.module, self.space.as_dict(w, "model."), (batch,)))
+
+    @torch.no_grad()
+    def value(self, w: torch.Tensor | None = None) -> float:
+        w = self.w0 if w is None else w
+        with eval_mode(self.model):
+            return float(sum(self.batch_loss(w, b) for b in self.batches)) / len(self.batches)
+
+    def value_and_grad(self, w: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """``(L(w), ∇L(w): (n_params,))`` with first-order autograd only (fused attention is fine)."""
+        w = (self.w0 if w is None else w).detach().requires_grad_(True)
+        total, g = 0.0, torch.zeros_like(w)
+        with eval_mode(self.model):
+            for b in self.batches:
+                loss = self.batch_loss(w, b)
+                (gb,) = torch.autograd.grad(loss, w)
+                total += float(loss.detach())
+                g += gb
+        n = len(self.batches)
+        return total / n, g / n
+
+
+class _Operator:
+    """Common interface: ``matvec``, ``size``, ``dtype``, ``device``, ``n_matvecs``."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def __init__(self):
+        self.n_matvecs = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        if v.shape != (self.size,):
+            raise MathlensError(f"vector has shape {tuple(v.shape)}, expected ({self.size},)")
+        self.n_matvecs += 1
+        return self._matvec(v.to(dtype=self.dtype, device=self.device))
+
+    __matmul__ = matvec
+
+    def dense(self) -> torch.Tensor:
+        """The full matrix ``(size, size)``, column by column (tests and tiny models only)."""
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        return torch.stack([self.matvec(e) for e in eye], dim=1)
+
+
+class MatrixOperator(_Operator):
+    """A dense symmetric matrix ``A: (n, n)`` as an operator (tests, benchmarks, synthetic spectra)."""
+
+    def __init__(self, A: torch.Tensor):
+        super().__init__()
+        self.A = A
+        self.size = A.shape[0]
+        self.dtype = A.dtype
+        self.device = A.device
+
+    def _matvec(self, v):
+        return self.A @ v
+
+
+class HessianOperator(_Operator):
+    """``H = ∇²_w L(w)`` at the model's current parameters; ``matvec`` by ``method`` (see module doc).
+
+    ``fd_step``: the relative finite-difference step τ (default ``eps^{1/3}`` of the dtype).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable,
+                 method: str = "double_backward", math_attention: bool = True, fd_step: float | None = None):
+        super().__init__()
+        if method not in HVP_METHODS:
+            raise MathlensError(f"unknown Hessian-vector method {method!r}; choose one of {HVP_METHODS}")
+        self.loss = ModelLoss(model, loss_fn, batches)
+        self.model, self.method, self.math_attention = model, method, math_attention
+        space = self.loss.space
+        self.space, self.size, self.dtype, self.device = space, space.size, space.dtype, space.device
+        self.fd_step = float(torch.finfo(self.dtype).eps ** (1 / 3)) if fd_step is None else float(fd_step)
+        if not self.fd_step > 0:
+            raise MathlensError(f"fd_step must be > 0, got {fd_step}")
+
+    def _attention_context(self):
+        exact = self.method != "finite_difference"
+        return sdpa_kernel(SDPBackend.MATH) if (exact and self.math_attention) else contextlib.nullcontext()
+
+    def _matvec(self, v):
+        try:
+            with self._attention_context(), eval_mode(self.model):
+                return getattr(self, "_hvp_" + self.method)(v)
+        except (RuntimeError, NotImplementedError) as err:
+            if _is_fused_attention_error(err):
+                raise MathlensError(
+                    f"Hessian-vector product by {self.method!r} is not supported by fused attention "
+                    "(no double backward / forward AD); use math_attention=True or "
+                    "method='finite_difference'") from err
+            if self.method == "jvp" and ("forward AD" in str(err) or "ZeroTensors" in str(err)):
+                raise MathlensError(
+                    "forward-over-reverse failed inside loss_fn: an op lacks forward-mode AD of its backward in "
+                    "PyTorch (e.g. F.mse_loss with reduction='mean', F.huber_loss); use method='double_backward' "
+                    "or write the loss with elementary ops") from err
+            raise
+
+    def _hvp_double_backward(self, v):
+        params, vs = self.space.params, self.space.unflatten(v)
+        hv = [torch.zeros_like(p) for p in params]
+        for b in self.loss.batches:
+            loss = self.loss._check_scalar(self.loss.loss_fn(self.model, b))
+            g = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((gi * vi).sum() for gi, vi in zip(g, vs))
+            for acc, h in zip(hv, torch.autograd.grad(dot, params, allow_unused=True)):
+                if h is not None:
+                    acc += h
+        return self.space.flatten(hv) / len(self.loss.batches)
+
+    def _hvp_jvp(self, v):
+        primals = self.space.as_dict(self.loss.w0, "model.", copy=True)
+        tangents = self.space.as_dict(v, "model.", copy=True)
+        hv = torch.zeros_like(v)
+        for b in self.loss.batches:
+            def f(p, b=b):
+                return self.loss._check_scalar(functional_call(self.loss.module, p, (b,)))
+            _, h = jvp(grad(f), (primals,), (tangents,))
+            hv += torch.cat([h["model." + n].reshape(-1) for n in self.space.names])
+        return hv / len(self.loss.batches)
+
+    def fd_h(self, v: torch.Tensor) -> float:
+        """The absolute step ``h = τ · max(‖w‖, 1) / ‖v‖``."""
+        vn = float(v.norm())
+        return self.fd_step * max(float(self.loss.w0.norm()), 1.0) / vn if vn > 0 else 0.0
+
+    def _hvp_finite_difference(self, v):
+        h = self.fd_h(v)
+        if h == 0.0:
+            return torch.zeros_like(v)
+        _, g_plus = self.loss.value_and_grad(self.loss.w0 + h * v)
+        _, g_minus = self.loss.value_and_grad(self.loss.w0 - h * v)
+        return (g_plus - g_minus) / (2 * h)
+
+
+OUTPUT_LOSSES = ("cross_entropy", "mse")
+
+
+class GaussNewtonOperator(_Operator):
+    """Generalised Gauss–Newton ``G = mean_b J_bᵀ H_out J_b`` (PSD), ``J_b = ∂f_b/∂w``.
+
+    ``output_fn(model, batch) -> outputs`` or ``(outputs, targets)``: ``outputs: (..., C)`` the model's
+    outputs (logits for cross-entropy). ``H_out`` of both losses does not depend on the targets.
+    The loss per batch is ``F.cross_entropy`` (mean over the N rows) or ``F.mse_loss`` (mean over
+    all elements), so ``H_out`` is ``(diag(p) − p pᵀ)/N`` per row, or ``2 I / numel``.
+    ``Jv`` by ``torch.func.jvp``, ``Jᵀu`` by ``torch.func.vjp``. For linear models with MSE, G = H.
+    """
+
+    def __init__(self, model: nn.Module, output_fn: Callable, batches: Iterable, loss: str = "cross_entropy",
+                 math_attention: bool = True):
+        super().__init__()
+        if loss not in OUTPUT_LOSSES:
+            raise MathlensError(f"unknown output loss {loss!r}; choose one of {OUTPUT_LOSSES}")
+        self.model, self.output_fn, self.kind, self.math_attention = model, output_fn, loss, math_attention
+        self.batches = list(batches)
+        if not self.batches:
+            raise MathlensError("batches is empty: give at least one batch to evaluate the loss on")
+        self.space = ParamSpace(model)
+        self.size, self.dtype, self.device = self.space.size, self.space.dtype, self.space.device
+        self.module = _LossModule(model, lambda m, b: _outputs(output_fn(m, b)))
+        self.w0 = self.space.get()
+
+    def _h_out(self, out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mse":
+            return 2.0 * u / out.numel()
+        logits, uu = out.reshape(-1, out.shape[-1]), u.reshape(-1, out.shape[-1])
+        p = torch.softmax(logits, dim=-1)
+        hu = p * uu - p * (p * uu).sum(-1, keepdim=True)
+        return (hu / logits.shape[0]).reshape(out.shape)
+
+    def _matvec(self, v):
+        ctx = sdpa_kernel(SDPBackend.MATH) if self.math_attention else contextlib.nullcontext()
+        primals = self.space.as_dict(self.w0, "model.", copy=True)
+        tangents = self.space.as_dict(v, "model.", copy=True)
+        gv = torch.zeros_like(v)
+        with ctx, eval_mode(self.model):
+            for b in self.batches:
+                def f(p, b=b):
+                    return functional_call(self.module, p, (b,))
+                out, jv = jvp(f, (primals,), (tangents,))
+                _, pullback = vjp(f, primals)
+                (jt,) = pullback(self._h_out(out.detach(), jv.detach()))
+                gv += torch.cat([jt["model." + n].reshape(-1) for n in self.space.names])
+        return gv / len(self.batches)
+
+
+def _outputs(res) -> torch.Tensor:
+    return res[0] if isinstance(res, tuple | list) else res
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``‖a − b‖ / ‖b‖`` (``‖a‖`` when ``b`` is zero)."""
+    nb = float(b.norm())
+    return float((a - b).norm()) / (nb if nb > 0 else max(float(a.norm()), math.ulp(1.0)))
