@@ -1,0 +1,202 @@
+"""Attention probes (THEORY.md §11.2 (2a)–(2d), predictions 15–17): per layer × head statistics of the
+captured attention of any model, side by side with the same architecture randomly initialised.
+
+The matrix statistics live in :mod:`mathlens.probes.attention_stats`, the kernel view (Nadaraya–Watson,
+convex hull, Mercer test) in :mod:`mathlens.probes.attention_kernel`, figures in
+:mod:`mathlens.probes.attention_plots`; this module gathers them per head and per model.
+
+Row statistics are averaged over the batch and over the rows with at least two visible keys (a causal
+row 0 has a single key: entropy 0 and top-1 mass 1 by construction, so it says nothing about sparsity).
+Spectral statistics are averaged over the first ``spectral_batch`` sequences (all when None).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from mathlens.errors import MathlensError
+from mathlens.probes import attention_stats as st
+from mathlens.probes.attention_kernel import (
+    KernelSmootherCheck,
+    MercerResult,
+    kernel_smoother_check,
+    mercer_test,
+    nadaraya_watson,
+)
+from mathlens.probes.attention_stats import (
+    cumulative_energy,
+    effective_rank,
+    rank_collapse_profile,
+    rank_for_error,
+    residual_ratio,
+    stable_rank,
+)
+from mathlens.probes.capture import capture, qk_weights
+
+
+@dataclass
+class HeadStats:
+    """All statistics of one head's attention matrices ``P: (B, n, n)`` (means over batch and rows)."""
+
+    layer: int
+    head: int
+    n: int
+    entropy: float  # mean row entropy H_i (nats)
+    log_visible: float  # mean log m_i over the same rows: the entropy of uniform attention
+    normalised_entropy: float  # mean H_i / log m_i in [0, 1]
+    top_k_mass: float
+    gini: float
+    frac_above_tau: float
+    effective_rank: float  # Roy–Vetterli
+    effective_rank_ratio: float  # effective_rank / n
+    stable_rank: float
+    rank_for_eps: float  # mean smallest k with relative Frobenius error ≤ eps (Eckart–Young)
+    energy_at_k: float  # C(energy_k): singular-value mass in the top energy_k
+    settings: dict = field(default_factory=dict)  # top_k, tau, eps, eps_norm, energy_k, causal
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, causal: bool = True,
+                    top_k: int = 5, tau: float = 0.1, eps: float = 0.1, energy_k: int | None = None,
+                    spectral_batch: int | None = None) -> list[HeadStats]:
+    """``P: (B, h, n, n)`` attention weights of ``h`` heads -> one :class:`HeadStats` per head.
+
+    ``energy_k`` defaults to ``n // 4`` (Linformer: the top 128 of 512); ``eps`` is a relative
+    Frobenius error for ``rank_for_eps``.
+    """
+    if P.dim() != 4 or P.shape[-1] != P.shape[-2]:
+        raise MathlensError(f"P must have shape (batch, heads, n, n), got {tuple(P.shape)}")
+    B, h, n, _ = P.shape
+    heads = list(range(h)) if heads is None else list(heads)
+    energy_k = max(1, n // 4) if energy_k is None else min(int(energy_k), n)
+    rows = st.visible_counts(n, causal, P.device) >= 2  # (n,)
+    if not bool(rows.any()):
+        raise MathlensError("attention statistics need at least two visible keys (n >= 2)")
+    P64 = P.to(torch.float64)
+
+    def rowmean(x: Tensor) -> Tensor:  # (B, h, n) -> (h,)
+        return x[..., rows].mean(dim=(0, 2))
+
+    H = st.row_entropy(P64)
+    logm = torch.log(st.visible_counts(n, causal, P.device).to(torch.float64))[rows].mean()
+    stats = {
+        "entropy": rowmean(H),
+        "normalised_entropy": rowmean(st.normalised_entropy(P64, causal)),
+        "top_k_mass": rowmean(st.top_k_mass(P64, top_k)),
+        "gini": rowmean(st.gini(P64, causal)),
+        "frac_above_tau": rowmean(st.fraction_above(P64, tau, causal)),
+    }
+    S = P64[: spectral_batch or B]
+    s = st.singular_values(S)  # (b, h, n)
+    er = st.effective_rank_from_singular_values(s).mean(0)
+    sr = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
+    C = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
+    rk = rank_for_error(S, eps, "fro").to(torch.float64).mean(0)
+    settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
+                    batch=B, spectral_batch=S.shape[0])
+    return [HeadStats(layer=layer, head=hd, n=n, entropy=float(stats["entropy"][j]), log_visible=float(logm),
+                      normalised_entropy=float(stats["normalised_entropy"][j]),
+                      top_k_mass=float(stats["top_k_mass"][j]), gini=float(stats["gini"][j]),
+                      frac_above_tau=float(stats["frac_above_tau"][j]), effective_rank=float(er[j]),
+                      effective_rank_ratio=float(er[j]) / n, stable_rank=float(sr[j]),
+                      rank_for_eps=float(rk[j]), energy_at_k=float(C[j]), settings=dict(settings))
+            for j, hd in enumerate(heads)]
+
+
+@dataclass
+class ModelAttention:
+    """Attention statistics of one model: per head, per layer (kernel checks) and the rank-collapse profile."""
+
+    heads: list[HeadStats]
+    mercer: list[MercerResult]
+    kernel_checks: dict[int, KernelSmootherCheck]  # layer -> Nadaraya–Watson / convex-hull residuals
+    rank_collapse: list[float]  # ρ of [embedding, resid_post of each captured layer]
+
+    def to_dict(self) -> dict:
+        return {"heads": [h.to_dict() for h in self.heads], "mercer": [m.to_dict() for m in self.mercer],
+                "kernel_checks": {str(k): v.to_dict() for k, v in self.kernel_checks.items()},
+                "rank_collapse": list(self.rank_collapse)}
+
+    def layer_mean(self, stat: str) -> dict[int, float]:
+        """``{layer: mean over heads of stat}``."""
+        out: dict[int, list[float]] = {}
+        for h in self.heads:
+            out.setdefault(h.layer, []).append(getattr(h, stat))
+        return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+@dataclass
+class AttentionSummary:
+    """A model's attention statistics and (``random``) the same architecture re-initialised with ``seed``."""
+
+    trained: ModelAttention
+    random: ModelAttention | None
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return {"settings": dict(self.settings), "trained": self.trained.to_dict(),
+                "random": None if self.random is None else self.random.to_dict()}
+
+
+def random_init(model, seed: int):
+    """The same architecture as ``model`` freshly initialised under ``torch.manual_seed(seed)``
+    (same dtype and device, eval mode)."""
+    p = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = type(model)(model.config)
+    return new.to(device=p.device, dtype=p.dtype).eval()
+
+
+def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5, tau: float = 0.1,
+                    eps: float = 0.1, energy_k: int | None = None, spectral_batch: int | None = None,
+                    chunk_rows: int = 256, store_device="cpu") -> ModelAttention:
+    """Capture ``model`` on ``idx: (B, T)`` and compute every statistic, one layer's patterns at a time."""
+    c = capture(model, idx, layers=layers, heads=heads, what=("resid", "q", "k", "v", "z"),
+                chunk_rows=chunk_rows, store_device=store_device)
+    out: list[HeadStats] = []
+    checks: dict[int, KernelSmootherCheck] = {}
+    mercer: list[MercerResult] = []
+    for i in c.layers:
+        P = c.pattern(i, chunk_rows=chunk_rows)
+        out += head_statistics(P, i, c.heads, c.causal, top_k, tau, eps, energy_k, spectral_batch)
+        del P
+        q = c[f"blocks.{i}.attn.hook_q"]
+        if not c.alibi:
+            checks[i] = kernel_smoother_check(q, c[f"blocks.{i}.attn.hook_k"][:, c.kv_index()],
+                                              c[f"blocks.{i}.attn.hook_v"][:, c.kv_index()],
+                                              c[f"blocks.{i}.attn.hook_z"], c.scales[i], c.causal)
+        Wq, Wk = qk_weights(model, i)
+        mercer += [mercer_test(Wq[h], Wk[h], i, h) for h in c.heads]
+    return ModelAttention(out, mercer, checks, rank_collapse_profile(c.resid_states()))
+
+
+def attention_summary(model, idx: Tensor, layers=None, heads=None, seed: int = 0, baseline: bool = True,
+                      top_k: int = 5, tau: float = 0.1, eps: float = 0.1, energy_k: int | None = None,
+                      spectral_batch: int | None = None, chunk_rows: int = 256) -> AttentionSummary:
+    """Statistics of ``model``'s attention on ``idx: (B, T)`` and, with ``baseline``, of the same
+    architecture randomly initialised with ``seed`` on the same inputs (prediction 16's control)."""
+    kw = dict(layers=layers, heads=heads, top_k=top_k, tau=tau, eps=eps, energy_k=energy_k,
+              spectral_batch=spectral_batch, chunk_rows=chunk_rows)
+    was_training = model.training
+    model.eval()
+    try:
+        trained = model_attention(model, idx, **kw)
+    finally:
+        model.train(was_training)
+    rnd = model_attention(random_init(model, seed), idx, **kw) if baseline else None
+    settings = dict(kw, seed=seed, baseline=baseline, batch=int(idx.shape[0]), tokens=int(idx.shape[1]),
+                    log_n=math.log(int(idx.shape[1])))
+    return AttentionSummary(trained, rnd, settings)
+
+
+__all__ = ["AttentionSummary", "HeadStats", "KernelSmootherCheck", "MercerResult", "ModelAttention",
+           "attention_summary", "cumulative_energy", "effective_rank", "head_statistics",
+           "kernel_smoother_check", "mercer_test", "model_attention", "nadaraya_watson", "random_init",
+           "rank_collapse_profile", "rank_for_error", "residual_ratio", "stable_rank"]

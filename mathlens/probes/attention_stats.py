@@ -1,0 +1,160 @@
+"""Statistics of attention matrices (THEORY.md §11.2 (2b) low rank, (2c) sparsity, (2d) rank collapse).
+
+Every function takes attention weights ``P: (..., n, n)`` whose rows sum to one (a causal row ``i``
+has ``i + 1`` visible keys and exact zeros after them) and is batched over the leading dimensions
+(layer, head, batch). Spectral quantities are computed in float64.
+
+Low rank (Roy & Vetterli 2007; Linformer, Wang et al. 2020; Eckart–Young):
+
+* ``σ_1 ≥ … ≥ σ_n`` singular values; ``p_i = σ_i / Σ_j σ_j``;
+* ``effective_rank(P) = exp(−Σ_i p_i log p_i)`` (0 log 0 = 0);
+* ``stable_rank(P) = ‖P‖_F² / ‖P‖_2² = Σ σ_i² / σ_1²``;
+* ``cumulative_energy(P)[k-1] = C(k) = Σ_{i≤k} σ_i / Σ_i σ_i``;
+* ``rank_for_error(P, eps, norm)``: the smallest ``k`` whose best rank-``k`` approximation has relative
+  error ``≤ eps``: Frobenius ``sqrt(Σ_{i>k} σ_i²) / ‖P‖_F`` or spectral ``σ_{k+1} / σ_1``.
+
+Sparsity, per row ``i`` over its ``m_i`` visible keys (``m_i = i + 1`` causal, ``n`` otherwise):
+
+* ``row_entropy`` ``H_i = −Σ_j P_ij log P_ij``; ``normalised_entropy`` ``H_i / log m_i`` (NaN where
+  ``m_i = 1``: a single visible key carries no choice);
+* ``top_k_mass`` ``Σ_{j ∈ top-k} P_ij``; ``gini`` of the visible entries (0 uniform, (m−1)/m one-hot);
+* ``fraction_above`` the share of visible entries with ``P_ij > τ``.
+
+Rank collapse (Dong, Cordonnier & Loukas 2021): ``residual_ratio(u) = ‖u − 1 ūᵀ‖_F / ‖u‖_F``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mathlens.errors import MathlensError
+
+
+def _square(P: Tensor) -> None:
+    if P.dim() < 2 or P.shape[-1] != P.shape[-2]:
+        raise MathlensError(f"attention matrices must have shape (..., n, n), got {tuple(P.shape)}")
+
+
+def singular_values(P: Tensor) -> Tensor:
+    """``P: (..., n, m)`` -> ``σ: (..., min(n, m))`` in float64, descending."""
+    return torch.linalg.svdvals(P.to(torch.float64))
+
+
+def _xlogx(p: Tensor) -> Tensor:
+    """``p log p`` with ``0 log 0 = 0``."""
+    return torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+
+
+def effective_rank_from_singular_values(s: Tensor) -> Tensor:
+    """``s: (..., r)`` singular values -> ``(...,)`` Roy–Vetterli effective rank ``exp(H(s / Σ s))``."""
+    p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+    return torch.exp(-_xlogx(p).sum(-1))
+
+
+def effective_rank(P: Tensor) -> Tensor:
+    """``P: (..., n, m)`` -> ``(...,)`` effective rank ``exp(−Σ p_i log p_i)``, ``p_i = σ_i/Σσ`` (float64)."""
+    return effective_rank_from_singular_values(singular_values(P))
+
+
+def stable_rank(P: Tensor) -> Tensor:
+    """``P: (..., n, m)`` -> ``(...,)`` stable rank ``‖P‖_F² / ‖P‖_2²`` (float64)."""
+    s = singular_values(P)
+    return (s**2).sum(-1) / (s[..., 0] ** 2).clamp_min(torch.finfo(s.dtype).tiny)
+
+
+def cumulative_energy(P: Tensor) -> Tensor:
+    """``P: (..., n, m)`` -> ``C: (..., r)`` with ``C[k-1] = Σ_{i≤k} σ_i / Σ_i σ_i`` (Linformer's curve)."""
+    s = singular_values(P)
+    return torch.cumsum(s, -1) / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+
+
+def rank_for_error(P: Tensor, eps: float, norm: str = "fro") -> Tensor:
+    """Smallest ``k`` with relative best-rank-``k`` error ``≤ eps`` (Eckart–Young), ``P: (..., n, m)`` -> ``(...,)``.
+
+    ``norm="fro"``: error ``sqrt(Σ_{i>k} σ_i²) / sqrt(Σ_i σ_i²)``; ``norm="spectral"``: ``σ_{k+1} / σ_1``.
+    ``k = 0`` only for the zero matrix.
+    """
+    if not 0 <= eps < 1:
+        raise MathlensError(f"eps must be in [0, 1), got {eps}")
+    s = singular_values(P)
+    if norm == "fro":
+        tail = torch.flip(torch.cumsum(torch.flip(s**2, [-1]), -1), [-1])  # tail[k] = Σ_{i≥k} σ_i² (0-based)
+        total = tail[..., :1]
+        err = torch.cat([tail[..., 1:], torch.zeros_like(tail[..., :1])], -1).sqrt() / total.sqrt().clamp_min(1e-300)
+    elif norm == "spectral":
+        err = torch.cat([s[..., 1:], torch.zeros_like(s[..., :1])], -1) / s[..., :1].clamp_min(1e-300)
+    else:
+        raise MathlensError(f"norm must be 'fro' or 'spectral', got {norm!r}")
+    # err[k-1] is the error of the rank-k truncation; the first k with err ≤ eps (tiny slack for roundoff).
+    ok = err <= eps * (1 + 1e-12) + 1e-15
+    k = torch.argmax(ok.to(torch.int8), dim=-1) + 1
+    return torch.where(s[..., 0] > 0, k, torch.zeros_like(k))
+
+
+def visible_counts(n: int, causal: bool, device=None) -> Tensor:
+    """``(n,)`` number of keys row ``i`` may attend to: ``i + 1`` (causal) or ``n``."""
+    if causal:
+        return torch.arange(1, n + 1, device=device)
+    return torch.full((n,), n, device=device)
+
+
+def row_entropy(P: Tensor) -> Tensor:
+    """``P: (..., n, n)`` -> ``H: (..., n)``, ``H_i = −Σ_j P_ij log P_ij`` (0 log 0 = 0), float64."""
+    return -_xlogx(P.to(torch.float64)).sum(-1)
+
+
+def normalised_entropy(P: Tensor, causal: bool = True) -> Tensor:
+    """``P: (..., n, n)`` -> ``(..., n)``: ``H_i / log m_i`` in [0, 1]; NaN for rows with one visible key."""
+    _square(P)
+    m = visible_counts(P.shape[-1], causal, P.device).to(torch.float64)
+    logm = torch.log(m)
+    H = row_entropy(P)
+    return torch.where(m > 1, H / torch.where(m > 1, logm, torch.ones_like(logm)), torch.full_like(H, float("nan")))
+
+
+def top_k_mass(P: Tensor, k: int) -> Tensor:
+    """``P: (..., n, n)`` -> ``(..., n)``: the mass of the ``k`` largest weights in each row."""
+    k = min(int(k), P.shape[-1])
+    return torch.topk(P.to(torch.float64), k, dim=-1).values.sum(-1)
+
+
+def gini(P: Tensor, causal: bool = True) -> Tensor:
+    """``P: (..., n, n)`` -> ``(..., n)`` Gini coefficient of the visible weights of each row.
+
+    ``G = Σ_j (2j − m − 1) x_(j) / (m Σ_j x_j)`` over the ``m`` visible entries sorted ascending
+    (``j`` 1-based): 0 for uniform rows, ``(m − 1)/m`` for one-hot rows. Masked causal entries are exact
+    zeros, so after an ascending sort the visible entries are the last ``m`` of the row.
+    """
+    _square(P)
+    n = P.shape[-1]
+    x = torch.sort(P.to(torch.float64), dim=-1).values
+    m = visible_counts(n, causal, P.device).to(torch.float64)[:, None]  # (n_rows, 1)
+    pos = torch.arange(n, device=P.device, dtype=torch.float64)[None, :]  # (1, n)
+    j = pos - (n - m) + 1
+    w = torch.where(j >= 1, 2 * j - m - 1, torch.zeros_like(j))  # (n_rows, n)
+    return (w * x).sum(-1) / (m[:, 0] * x.sum(-1)).clamp_min(1e-300)
+
+
+def fraction_above(P: Tensor, tau: float, causal: bool = True) -> Tensor:
+    """``P: (..., n, n)`` -> ``(..., n)``: share of a row's visible entries with ``P_ij > tau``."""
+    _square(P)
+    m = visible_counts(P.shape[-1], causal, P.device).to(torch.float64)
+    return (P > tau).to(torch.float64).sum(-1) / m
+
+
+def residual_ratio(u: Tensor) -> Tensor:
+    """``u: (..., T, D)`` -> ``(...,)``: ``ρ = ‖u − 1 ūᵀ‖_F / ‖u‖_F`` with ``ū`` the token mean (float64)."""
+    u = u.to(torch.float64)
+    centred = u - u.mean(-2, keepdim=True)
+    return torch.linalg.matrix_norm(centred) / torch.linalg.matrix_norm(u).clamp_min(1e-300)
+
+
+def rank_collapse_profile(states: list[Tensor]) -> list[float]:
+    """``states``: per-layer residual states, each ``(B, T, D)`` -> mean ``ρ_ℓ`` over the batch, per layer."""
+    return [float(residual_ratio(u).mean()) for u in states]
+
+
+def nanmean(x: Tensor, dim=None) -> Tensor:
+    """Mean ignoring NaN (``torch.nanmean`` over ``dim``; all ``dims`` when None)."""
+    return torch.nanmean(x) if dim is None else torch.nanmean(x, dim=dim)
