@@ -114,7 +114,9 @@ def _read_path(path: Path) -> str:
     if path.is_file():
         return read_text_file(path)
     files = sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     texts = [t for t in (read_text_file(p) if p.stat().st_size else "" for p in files) if t]
     if not texts:
