@@ -155,7 +155,7 @@ class TokenDataset:
         for b0 in range(0, len(starts), batch_size):
             ix = np.asarray(starts[b0 : b0 + batch_size])
             window = torch.from_numpy(np.asarray(data[ix[:, None] + offs], dtype=np.int64))
-            x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
+            x, y = window[:, :-1].clone(), window[:, 1:].clone()  # y is edited below: no shared storage
             if tail and b0 + len(ix) == len(starts):
                 n_new = n_targets - covered  # only the last n_new targets of the tail window are new
                 y[-1, : block_size - n_new] = IGNORE_INDEX

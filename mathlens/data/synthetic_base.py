@@ -92,7 +92,7 @@ class SyntheticTask:
 
     def _xy(self, seq: np.ndarray, device, answers_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         seq = torch.from_numpy(np.ascontiguousarray(seq, dtype=np.int64))
-        x, y = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+        x, y = seq[:, :-1].clone(), seq[:, 1:].clone()  # y may be edited: no shared storage
         if answers_only:
             y[:, ~torch.from_numpy(self.answer_mask)] = IGNORE_INDEX
         return x.to(device), y.to(device)
