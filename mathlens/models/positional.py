@@ -29,9 +29,7 @@ class Positional(nn.Module):
             table[:, 0::2] = torch.sin(pos * freq)
             table[:, 1::2] = torch.cos(pos * freq)[:, : n_embd // 2]
             self.register_buffer("table", table.float(), persistent=False)
-        elif kind == "rope":
-            inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.rope_theta = head_dim, rope_theta
 
     def embed(self, T: int, device, dtype) -> Tensor | None:
         if self.kind == "learned":
@@ -45,7 +43,9 @@ class Positional(nn.Module):
         if self.kind != "rope":
             return None
         work = torch.float64 if dtype == torch.float64 else torch.float32
+        d = self.head_dim  # θ^(-2i/d) in float32 like HF, recomputed so that model.to(bf16) cannot round it
+        inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
         t = torch.arange(T, device=device, dtype=work)
-        freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=work))
+        freqs = torch.outer(t, inv_freq.to(work))
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
