@@ -1,0 +1,85 @@
+"""`mathlens train`: train a GPT from a TOML config and/or a preset, with flags for common fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mathlens.errors import MathlensError
+
+#: flag -> (section, key, type)
+FLAGS = {
+    "data": ("data", "corpus", str), "tokenizer": ("data", "tokenizer", str), "block_size": ("data", "block_size", int),
+    "batch_size": ("data", "batch_size", int), "vocab_size": ("data", "vocab_size", int),
+    "n_layer": ("model", "n_layer", int), "n_head": ("model", "n_head", int), "n_embd": ("model", "n_embd", int),
+    "dropout": ("model", "dropout", float),
+    "optimizer": ("optim", "name", str), "lr": ("optim", "lr", float), "min_lr": ("optim", "min_lr", float),
+    "weight_decay": ("optim", "weight_decay", float), "warmup_iters": ("optim", "warmup_iters", int),
+    "lr_decay_iters": ("optim", "lr_decay_iters", int), "schedule": ("optim", "schedule", str),
+    "grad_clip": ("optim", "grad_clip", float), "grad_accum": ("optim", "grad_accum", int),
+    "out": ("run", "out_dir", str), "max_iters": ("run", "max_iters", int), "seed": ("run", "seed", int),
+    "eval_interval": ("run", "eval_interval", int), "eval_iters": ("run", "eval_iters", int),
+    "log_interval": ("run", "log_interval", int), "device": ("run", "device", str), "dtype": ("run", "dtype", str),
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a GPT (nanoGPT-style recipe, checkpoints, resume)",
+                              description="Train a GPT. Settings: preset < --config file < flags.")
+    p.add_argument("--config", help="TOML (or JSON) file with [model] [data] [optim] [run] tables")
+    p.add_argument("--preset", help="named recipe: nanogpt-char-cpu, nanogpt-char-gpu")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    for flag, (section, key, tp) in FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=tp, default=None, help=f"{section}.{key}")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="run.compile (torch.compile)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="run.tensorboard")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args):
+    """The TrainConfig of these arguments: preset, then the file (or the run's saved config on --resume), then flags."""
+    from mathlens.train.config import TrainConfig, merge
+    from mathlens.train.presets import preset
+
+    base: dict = preset(args.preset) if args.preset else {}
+    if args.config:
+        base = merge(base, _read_config(args.config))
+    elif args.resume and not args.preset and args.out:
+        saved = Path(args.out) / "config.json"
+        if saved.is_file():
+            base = merge(base, _read_config(saved))
+    overrides: dict = {}
+    for flag, (section, key, _) in FLAGS.items():
+        v = getattr(args, flag)
+        if v is not None:
+            overrides.setdefault(section, {})[key] = v
+    for flag in ("compile", "tensorboard"):
+        if getattr(args, flag) is not None:
+            overrides.setdefault("run", {})[flag] = getattr(args, flag)
+    return TrainConfig.from_dict(merge(base, overrides), where="train config")
+
+
+def _read_config(path) -> dict:
+    from mathlens.config import load_toml
+
+    path = Path(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise MathlensError(f"config file not found: {path}")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MathlensError(f"config file {path} is not valid JSON: {e}") from None
+    return load_toml(path)
+
+
+def run(args) -> int:
+    from mathlens.train.loop import train
+
+    config = resolve_config(args)
+    result = train(config, resume=args.resume, quiet=args.quiet)
+    print(f"run {result.run_dir}: {result.steps} steps, best val loss {result.best_val_loss:.4f} "
+          f"(step {result.best_step}), final {result.final_val_loss:.4f}, {result.wall_time:.1f} s")
+    return 0

@@ -1,0 +1,270 @@
+"""The training loop: ``train(config, callbacks=()) -> TrainResult``.
+
+One optimiser step = ``grad_accum`` micro-steps of ``data.batch_size`` GLOBAL sequences; under ``torchrun``
+every rank draws the same global batch (same sampler state) and takes its ``batch_size / world`` rows, so a
+DDP run sees exactly the batches of a one-process run. After each step the callbacks
+``cb(step, model, logs) -> dict | None`` run; their dicts merge into that step's metrics.
+
+Evaluation: after step 0 (``run.eval_at_start``), every ``run.eval_interval`` steps and at the end, over the
+WHOLE val split (``run.eval_iters = 0``, default) or ``eval_iters`` random batches; with estimates the
+best checkpoint is re-evaluated on the whole split at the end, so ``best_val_loss`` is always exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mathlens.errors import MathlensError
+from mathlens.io import write_json
+from mathlens.models.gpt import GPT
+from mathlens.train.checkpoint import load_checkpoint, optimizer_from_tensors, restore_rng, save_checkpoint
+from mathlens.train.config import TrainConfig
+from mathlens.train.evaluate import evaluate
+from mathlens.train.optim import lr_at, make_optimizer
+from mathlens.train.rundir import METRICS, MetricsLog, Progress, RunLock
+from mathlens.train.setup import TOKENIZER_DIR, autocast_for, prepare_data, resolve_device, setup_distributed
+
+Callback = Callable[[int, nn.Module, dict], "dict | None"]
+CONFIG_FILE, RESULT_FILE, CKPT_DIR = "config.json", "result.json", "checkpoints"
+#: config fields a resumed run must share with its checkpoint (the others may change, e.g. max_iters)
+_RESUME_KEYS = {"model": None, "data": None, "optim": None, "run": ("seed",)}
+
+
+@dataclass
+class TrainResult:
+    final_val_loss: float
+    best_val_loss: float
+    best_step: int
+    init_val_loss: float | None
+    steps: int
+    wall_time: float  # seconds of this run's training, resumed segments included
+    time_to_best: float  # wall time at the evaluation that gave the best val loss
+    tokens: int
+    run_dir: Path
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def _check_resumable(config: TrainConfig, saved: dict, where: Path) -> None:
+    now = config.to_dict()
+    for section, keys in _RESUME_KEYS.items():
+        a, b = saved.get(section, {}), now[section]
+        for k in keys or sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                raise MathlensError(f"checkpoint in {where} comes from a different config: "
+                                    f"{section}.{k} = {a.get(k)!r} there, {b.get(k)!r} here")
+
+
+def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bool = False,
+          quiet: bool = False) -> TrainResult:
+    """Train a GPT as ``config`` says, writing the run directory ``config.run.out_dir``.
+
+    ``resume``: continue from the latest checkpoint there (bitwise the same as an uninterrupted run on the
+    same machine and thread count). NaN/inf loss stops the run with a MathlensError; the last good
+    checkpoint stays. A run directory holding a live run (lock file) is refused.
+    """
+    r, d = config.run, config.data
+    run_dir = Path(r.out_dir)
+    device = resolve_device(r.device)
+    dinfo, device = setup_distributed(device)
+    if d.batch_size % dinfo.world:
+        raise MathlensError(f"data.batch_size = {d.batch_size} is not divisible by the {dinfo.world} processes")
+    if not resume and (run_dir / CKPT_DIR / "index.json").exists():
+        raise MathlensError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not (run_dir / CKPT_DIR / "index.json").exists():
+        raise MathlensError(f"nothing to resume in {run_dir} (no checkpoint there)")
+    tok, data = prepare_data(config, run_dir if resume else None)
+    mcfg = config.model_config(tok.vocab_size)
+    dtype, autocast = autocast_for(r.dtype, device)
+    lock = RunLock(run_dir) if dinfo.is_main else None
+    try:
+        if lock:
+            lock.acquire()
+        return _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+    finally:
+        if lock:
+            lock.release()
+        dinfo.close()
+
+
+def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast):
+    r, d, o = config.run, config.data, config.optim
+    torch.manual_seed(r.seed)
+    model = GPT(mcfg).to(device)
+    optimizer = make_optimizer(model, o, device.type)
+    gen = torch.Generator().manual_seed(r.seed)
+    step, state = 0, {"best_val_loss": math.inf, "best_step": 0, "init_val_loss": None, "elapsed": 0.0,
+                      "time_to_best": 0.0, "loss_sum": 0.0, "loss_count": 0, "last_val_loss": math.nan}
+    metrics = MetricsLog(run_dir / METRICS)
+    if resume:
+        ckpt = load_checkpoint(run_dir / CKPT_DIR, "latest")
+        _check_resumable(config, ckpt.manifest.get("config", {}), run_dir)
+        ckpt.load_model(model)
+        tensors = ckpt.trainer_tensors()
+        optimizer.load_state_dict(optimizer_from_tensors(tensors, ckpt.manifest["optimizer"]))
+        restore_rng(tensors, gen)
+        step, state = ckpt.step, {**state, **ckpt.manifest["trainer_state"]}
+        if dinfo.is_main:
+            metrics.truncate(step)
+    elif dinfo.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / METRICS).unlink(missing_ok=True)
+        tok.save(run_dir / TOKENIZER_DIR)
+    if dinfo.is_main:
+        write_json(run_dir / CONFIG_FILE, config.to_dict())
+    raw = model
+    fwd = torch.compile(model) if r.compile else model
+    if dinfo.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    tb = _tensorboard(run_dir) if (r.tensorboard and dinfo.is_main) else None
+    eval_bs = r.eval_batch_size or max(64, d.batch_size)
+    ckpt_every = r.checkpoint_interval or r.eval_interval
+
+    def run_eval(s: int, exact: bool = False) -> float:
+        iters = 0 if exact else r.eval_iters
+        return evaluate(fwd if dinfo.world == 1 else raw, data, "val", d.block_size, eval_bs, device, autocast,
+                        dinfo, iters, seed=r.seed + s)
+
+    def checkpoint(s: int, best: bool) -> None:
+        if dinfo.is_main:
+            manifest = {"config": config.to_dict(), "model_config": mcfg.to_dict(), "dtype": dtype,
+                        "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "fingerprint": tok.fingerprint(),
+                                      "vocab_size": tok.vocab_size},
+                        "data": {**data.to_dict(), "sampler": "torch.Generator state in rng.data"},
+                        "trainer_state": state}
+            save_checkpoint(run_dir / CKPT_DIR, s, raw, optimizer, manifest, data_generator=gen, best=best)
+        dinfo.barrier()
+
+    def eval_and_save(s: int) -> None:
+        t0 = time.perf_counter()
+        val = run_eval(s)
+        if not math.isfinite(val):
+            _diverged(s, val, "val_loss", run_dir)
+        train_loss = state["loss_sum"] / state["loss_count"] if state["loss_count"] else None
+        state.update(loss_sum=0.0, loss_count=0, last_val_loss=val, elapsed=state["elapsed"] + time.perf_counter() - t0)
+        best = val < state["best_val_loss"]
+        if best:
+            state.update(best_val_loss=val, best_step=s, time_to_best=state["elapsed"])
+        if s == 0:
+            state["init_val_loss"] = val
+        rec = {"step": s, "kind": "eval", "val_loss": val, "train_loss": train_loss, "exact": r.eval_iters == 0,
+               "best_val_loss": state["best_val_loss"], "elapsed": state["elapsed"]}
+        if dinfo.is_main:
+            metrics.write(rec)
+            if tb:
+                tb.add_scalar("val/loss", val, s)
+        progress.message(f"step {s}: val loss {val:.4f}" + (f", train loss {train_loss:.4f}" if train_loss else ""))
+        checkpoint(s, best)
+
+    progress = Progress(r.max_iters, step, r.progress if dinfo.is_main else False, quiet or not dinfo.is_main)
+    b_rank = d.batch_size // dinfo.world
+    rows = slice(dinfo.rank * b_rank, (dinfo.rank + 1) * b_rank)
+    try:
+        if step == 0 and not resume and r.eval_at_start:
+            eval_and_save(0)
+        fwd.train()
+        t_log, tok_log = time.perf_counter(), 0
+        while step < r.max_iters:
+            t0 = time.perf_counter()
+            lr = lr_at(step, o, config.lr_decay_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_acc = torch.zeros((), device=device)
+            for micro in range(o.grad_accum):
+                x, y = data.get_batch("train", d.batch_size, d.block_size, generator=gen)
+                x, y = x[rows].to(device), y[rows].to(device)
+                sync = fwd.no_sync() if dinfo.world > 1 and micro < o.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast():
+                        _, loss = fwd(x, y)
+                    (loss / o.grad_accum).backward()
+                loss_acc += loss.detach() / o.grad_accum
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), o.grad_clip)
+            train_loss = float(dinfo.all_mean(loss_acc))
+            if not math.isfinite(train_loss):
+                if dinfo.is_main:
+                    metrics.write({"step": step + 1, "kind": "train", "train_loss": train_loss, "lr": lr,
+                                   "diverged": True})
+                _diverged(step + 1, train_loss, "train_loss", run_dir)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            state["elapsed"] += dt
+            state["loss_sum"] += train_loss
+            state["loss_count"] += 1
+            tok_log += config.tokens_per_step
+            logs = {"step": step, "kind": "train", "train_loss": train_loss, "lr": lr}
+            for cb in callbacks:
+                extra = cb(step, raw, dict(logs))
+                if extra:
+                    logs.update(extra)
+            if step % r.log_interval == 0 or len(logs) > 4 or step == r.max_iters:
+                now = time.perf_counter()
+                logs.update(tokens=step * config.tokens_per_step, tokens_per_s=tok_log / max(now - t_log, 1e-9),
+                            elapsed=state["elapsed"])
+                progress.update(step, train_loss, logs["tokens_per_s"])
+                t_log, tok_log = now, 0
+                if dinfo.is_main:
+                    metrics.write(logs)
+                    if tb:
+                        tb.add_scalar("train/loss", train_loss, step)
+                        tb.add_scalar("train/lr", lr, step)
+            if step % r.eval_interval == 0 or step == r.max_iters:
+                eval_and_save(step)
+            elif step % ckpt_every == 0:
+                checkpoint(step, False)
+    finally:
+        progress.close()
+        if tb:
+            tb.close()
+    best_val = state["best_val_loss"]
+    if r.eval_iters > 0:  # estimates chose the best step; report its exact loss
+        final_val = run_eval(step, exact=True)
+        best_val = _exact_best(config, run_dir, raw, final_val, step, state, run_eval)
+    else:
+        final_val = state["last_val_loss"]
+    result = TrainResult(final_val, best_val, state["best_step"], state["init_val_loss"], step, state["elapsed"],
+                         state["time_to_best"], step * config.tokens_per_step, run_dir)
+    if dinfo.is_main:
+        write_json(run_dir / RESULT_FILE, result.to_dict())
+    return result
+
+
+def _exact_best(config, run_dir, raw, final_val, step, state, run_eval) -> float:
+    if state["best_step"] == step:
+        return final_val
+    ckpt = load_checkpoint(run_dir / CKPT_DIR, "best")
+    best_model = GPT(raw.config).to(next(raw.parameters()).device)
+    ckpt.load_model(best_model)
+    saved = {k: v.detach().clone() for k, v in raw.state_dict().items()}
+    raw.load_state_dict(best_model.state_dict())
+    try:
+        return min(run_eval(state["best_step"], exact=True), final_val)
+    finally:
+        raw.load_state_dict(saved)
+
+
+def _diverged(step: int, value: float, what: str, run_dir: Path) -> None:
+    raise MathlensError(f"training diverged at step {step}: {what} = {value}; the last good checkpoint is kept in "
+                        f"{run_dir / CKPT_DIR} (lower optim.lr, or set optim.grad_clip / optim.warmup_iters)")
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MathlensError("run.tensorboard = true needs the 'tensorboard' package (pip install tensorboard)") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,108 @@
+"""What a run needs before its first step: the data and tokenizer, the device, precision and processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mathlens.data.corpora import check_corpus_length, load_corpus
+from mathlens.data.dataset import TokenDataset
+from mathlens.data.tokenizers import load_tokenizer, train_tokenizer
+from mathlens.errors import MathlensError
+from mathlens.train.config import TrainConfig
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def prepare_data(config: TrainConfig, run_dir: str | os.PathLike | None = None):
+    """``(tokenizer, TokenDataset)``: the tokenizer saved in ``run_dir`` when there is one (resume / sample),
+    else one trained on the corpus. Both splits must hold at least one context (``block_size + 1`` tokens)."""
+    d = config.data
+    corpus = load_corpus(d.corpus)
+    saved = Path(run_dir) / TOKENIZER_DIR if run_dir is not None else None
+    if saved is not None and saved.is_dir():
+        tok = load_tokenizer(saved)
+    else:
+        tok = train_tokenizer(d.tokenizer, corpus.text, d.vocab_size)
+    data = TokenDataset.from_corpus(corpus, tok)
+    for split in ("train", "val"):
+        check_corpus_length(len(data.split(split)), d.block_size,
+                            what=f"the {split} split of corpus {corpus.name!r} ({len(corpus.text)} characters)")
+    return tok, data
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_mean(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            x = x.clone()
+            dist.all_reduce(x)
+            x /= self.world
+        return x
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            x = x.clone()
+            dist.all_reduce(x)
+        return x
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MathlensError(f"run.device = {name!r} but CUDA is not available here (use --device cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MathlensError(f"run.device = {name!r} but MPS is not available here (use --device cpu)")
+    return dev
+
+
+def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, owns), device
+
+
+def autocast_for(dtype: str, device: torch.device):
+    """``(resolved dtype name, context manager factory)``: bf16 autocast on CUDA by default, fp32 elsewhere."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "bfloat16":
+        return dtype, lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return dtype, contextlib.nullcontext
