@@ -3,7 +3,8 @@
 The equation (THEORY §2.2, sign corrected):  u_t ∈ 𝒜(u) + 𝓕(u) − N_{S1}(u) [− N_{S2}(u)].
 A scheme composes substeps of the operators held by ``ops`` (a :class:`FlowBlock`, or any object with
 ``attention(u)``, ``feed_forward(u)``, ``feed_forward_step(u, dt)``, ``norm_attn``/``norm_ffn`` and, for
-Strang, ``feed_forward_pre``/``feed_forward_pre_step``/``norm_pre``):
+Strang, ``feed_forward_pre``/``feed_forward_pre_step``/``norm_pre``; optionally ``attention_step(u, dt)``,
+a higher-order solver of the attention substep used instead of the explicit Euler step):
 
 - :func:`lie_step` — the paper's sequential (Lie–Trotter) splitting (13)-(17). ``norm_position="post"``:
   u ← P(u + dt𝒜(u));  u ← P(combine(u, FFN substeps)) = Vaswani's post-LN block at dt = 1.
@@ -25,7 +26,13 @@ def _identity_hook(name: str, x: Tensor) -> Tensor:
 
 
 def attention_substep(u: Tensor, ops, dt: float, skip: bool) -> Tensor:
-    """Substep 1, eq. (13): explicit Euler step of the attention operator (no skip: dt𝒜(u))."""
+    """Substep 1, eq. (13): explicit Euler step of the attention operator (no skip: dt𝒜(u)).
+
+    If ``ops`` has ``attention_step(u, dt)`` (e.g. a Heun step of the tangent-projected field), it is used.
+    """
+    solver = getattr(ops, "attention_step", None)
+    if skip and solver is not None:
+        return solver(u, dt)
     a = ops.attention(u)
     return u + dt * a if skip else dt * a
 
