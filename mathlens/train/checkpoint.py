@@ -72,7 +72,7 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any
     for idx, st in meta.get("state", {}).items():
         state.setdefault(int(idx), {}).update(st)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
+    return {"state": dict(sorted(state.items())), "param_groups": groups}
 
 
 def rng_tensors(data_generator: torch.Generator | None) -> dict[str, torch.Tensor]:
