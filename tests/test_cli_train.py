@@ -1,0 +1,175 @@
+"""`mathlens train` / `mathlens sample` through the CLI: a tiny run, overrides, and every bad input -> exit 2,
+one line on stderr, no traceback, nothing half-written."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mathlens.cli import main
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--device", "cpu", "--dtype", "float32", "--max-iters", "4", "--eval-interval", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tinyshakespeare_path):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(open(tinyshakespeare_path, encoding="utf-8").read()[:4000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MATHLENS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATHLENS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["train", "--data", str(corpus), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def _fails(capsys, argv, *needles):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_train_then_sample(trained, capsys):
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["model"]["n_layer"] == 1 and cfg["data"]["block_size"] == 16 and cfg["run"]["max_iters"] == 4
+    assert {"metrics.jsonl", "config.json", "tokenizer", "checkpoints", "result.json"} <= {
+        p.name for p in trained.iterdir()}
+    capsys.readouterr()
+    assert main(["sample", str(trained), "--prompt", "Citizen:", "--max-new-tokens", "30", "--seed", "7"]) == 0
+    a = capsys.readouterr().out
+    assert main(["sample", str(trained), "--prompt", "Citizen:", "--max-new-tokens", "30", "--seed", "7"]) == 0
+    assert a == capsys.readouterr().out and a.startswith("Citizen:") and len(a) == 8 + 30 + 1
+
+
+def test_flags_override_config_file(corpus, tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'[data]\ncorpus = "{corpus}"\nblock_size = 8\n[optim]\nlr = 0.5\n[run]\nmax_iters = 2\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(toml), "--preset", "nanogpt-char-cpu", *TINY, "--lr", "0.003",
+                 "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optim"]["lr"] == 0.003 and cfg["data"]["block_size"] == 16  # flags win over the file
+    assert cfg["optim"]["beta2"] == 0.99 and cfg["model"]["bias"] is False  # the preset fills the rest
+    # --resume reads the run's saved config; only --max-iters changes
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "6", "--quiet"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 6
+
+
+def _write(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "binary", "not_utf8", "too_short", "unknown_name", "online",
+                                  "neg_lr", "zero_batch", "unknown_key", "unknown_section", "bad_preset"])
+def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    data, extra, needles = None, [], []
+    if case == "missing":
+        data, needles = str(tmp_path / "nope.txt"), ["not found"]
+    elif case == "empty":
+        data, needles = _write(tmp_path, "e.txt", b"  \n"), ["empty"]
+    elif case == "binary":
+        data, needles = _write(tmp_path, "b.bin", b"ab\x00\x01" * 100), ["binary"]
+    elif case == "not_utf8":
+        data, needles = _write(tmp_path, "l.txt", "café ".encode("latin-1") * 100), ["not UTF-8"]
+    elif case == "too_short":
+        data, needles = _write(tmp_path, "s.txt", b"To be, or not to be."), ["shorter than one context"]
+    elif case == "unknown_name":
+        data, needles = "no-such-corpus", ["unknown corpus 'no-such-corpus'"]
+    elif case == "online":
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+        data, needles = "wikitext-2-raw-v1", ["wikitext-2-raw-v1"]
+    elif case == "neg_lr":
+        extra, needles = ["--lr", "-1"], ["optim.lr = -1.0", "> 0"]
+    elif case == "zero_batch":
+        extra, needles = ["--batch-size", "0"], ["data.batch_size = 0"]
+    elif case == "unknown_key":
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("[optim]\nlearning_rate = 0.1\n")
+        extra, needles = ["--config", str(cfg)], ["unknown key 'learning_rate'", "allowed:"]
+    elif case == "unknown_section":
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("[training]\nlr = 0.1\n")
+        extra, needles = ["--config", str(cfg)], ["unknown section 'training'"]
+    elif case == "bad_preset":
+        extra, needles = ["--preset", "gpt5"], ["unknown preset 'gpt5'"]
+    argv = ["train", "--out", str(out), *TINY, *extra] + (["--data", data] if data else ["--data", "tinyshakespeare"])
+    _fails(capsys, argv, *needles)
+    assert not out.exists()
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def _latest(run):
+    return run / "checkpoints" / json.loads((run / "checkpoints" / "index.json").read_text())["latest"]
+
+
+def _snapshot(run):
+    return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_checkpoint(run_copy, damage, capsys, corpus):
+    f = _latest(run_copy) / ("model.safetensors" if damage == "corrupt" else "trainer.safetensors")
+    b = bytearray(f.read_bytes())
+    if damage == "corrupt":
+        b[len(b) // 2] ^= 0x55
+    else:
+        b = b[: len(b) - 100]
+    f.write_bytes(bytes(b))
+    before = _snapshot(run_copy)
+    _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--quiet"], "corrupt checkpoint", f.name)
+    if damage == "corrupt":
+        _fails(capsys, ["sample", str(run_copy), "--checkpoint", "latest"], "corrupt checkpoint")
+    assert _snapshot(run_copy) == before
+
+
+def test_checkpoint_from_different_config(run_copy, capsys):
+    before = _snapshot(run_copy)
+    _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--n-layer", "2", "--quiet"],
+           "different config", "model.n_layer = 1 there, 2 here")
+    assert _snapshot(run_copy) == before
+
+
+def test_fresh_run_into_existing_run_is_refused(run_copy, capsys, corpus):
+    _fails(capsys, ["train", "--data", str(corpus), "--out", str(run_copy), *TINY], "already holds a run", "--resume")
+
+
+def test_run_dir_locked_by_live_run(run_copy, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_copy / ".lock").write_text(f"{sleeper.pid}\n")
+        before = _snapshot(run_copy)
+        _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--quiet"], "in use by a live run",
+               str(sleeper.pid))
+        assert _snapshot(run_copy) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_sample_missing_run_dir(tmp_path, capsys):
+    _fails(capsys, ["sample", str(tmp_path / "nothing")], "run directory not found")
