@@ -63,7 +63,7 @@ def _variant(block: FlowBlock, **changes) -> FlowBlock:
 
 
 def _max(x: Tensor) -> float:
-    return float(x.abs().max())
+    return float(x.detach().abs().max())
 
 
 @dataclass
