@@ -4,6 +4,7 @@ from mathlens.flow.block import FlowBlock
 from mathlens.flow.config import FlowConfig
 from mathlens.flow.continuous import ContinuousTransformer
 from mathlens.flow.convergence import ConvergenceResult, convergence_study, reference_solution
+from mathlens.flow.extensions import ConvFlowBlock, VisionFlowTransformer, conv_attention_operator
 from mathlens.flow.hooks import HookPoint
 from mathlens.flow.layers import Attention, FeedForward, Norm
 from mathlens.flow.limits import attention_quadrature, clustering, literal_confinement, score_variance
@@ -22,7 +23,8 @@ from mathlens.flow.schemes import lie_step, parallel_step, strang_step
 from mathlens.flow.studies import block_equivalence, dt_absorption, sphere_residual
 
 __all__ = [
-    "Attention", "ContinuousTransformer", "ConvergenceResult", "FeedForward", "FlowBlock", "FlowConfig",
+    "Attention", "ContinuousTransformer", "ConvFlowBlock", "ConvergenceResult", "VisionFlowTransformer",
+    "conv_attention_operator", "FeedForward", "FlowBlock", "FlowConfig",
     "HookPoint", "Norm", "VaswaniParams", "attention_kernel", "attention_operator", "attention_quadrature",
     "attention_weights", "block_equivalence", "clustering", "convergence_study", "dt_absorption", "from_vaswani",
     "lie_step", "literal_confinement", "parallel_step", "project_rms", "project_s1", "project_s1_distance",
