@@ -20,7 +20,7 @@ from scipy.special import ndtr, ndtri
 
 from mathlens.errors import MathlensError
 
-__all__ = ["CI", "bootstrap_ci", "paired_difference_ci", "difference_ci", "slope_ci", "ols_slope"]
+__all__ = ["CI", "bootstrap_ci", "paired_difference_ci", "difference_ci", "slope_ci", "ols_slope", "ci_from_bootstrap"]
 
 METHODS = ("percentile", "bca")
 
@@ -206,3 +206,14 @@ def normal_ci(values, alpha: float = 0.05) -> CI:
         return CI(m, m, m, 1 - alpha, 1, "t")
     half = float(student_t.ppf(1 - alpha / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return CI(m, m - half, m + half, 1 - alpha, int(x.size), "t")
+
+
+def ci_from_bootstrap(boot, estimate: float, n: int, alpha: float = 0.05, method: str = "percentile") -> CI:
+    """Percentile CI from an already computed bootstrap distribution ``boot: (n_boot,)`` (for
+    statistics that need a refit per resample, e.g. scaling-law parameters). NaNs are dropped."""
+    boot = np.asarray(boot, dtype=float).reshape(-1)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return CI(float(estimate), float("nan"), float("nan"), 1 - alpha, int(n), method)
+    low, high = _interval(boot, float(estimate), alpha, "percentile", None)
+    return CI(float(estimate), low, high, 1 - alpha, int(n), method)
