@@ -10,8 +10,9 @@ The same model is evaluated with any number of steps N_t (dt = T/N_t) and any sc
 :mod:`mathlens.flow.schemes`: each step builds an ``ops`` object from θ frozen at t^{n−1} (``sample_at="left"``,
 the paper's θ^n) or at t^{n−1/2} (``"midpoint"``, second order for smooth θ) and calls the scheme function.
 Schemes: ``lie``, ``strang`` (Euler substeps), ``parallel`` (with post-norm this is the unsplit
-Euler-projection scheme u ← P_{S1}(u + dt(𝒜 + 𝓕)(u))), and ``strang_heun`` (Strang with Heun substeps on
-the tangent-projected fields Π_{T_u S1}𝒜, Π_{T_u S1}𝓕, each followed by the projection = a retraction).
+Euler-projection scheme u ← P_{S1}(u + dt(𝒜 + 𝓕)(u))), ``strang_heun`` (Strang with Heun substeps on
+the tangent-projected fields Π_{T_u S1}𝒜, Π_{T_u S1}𝓕, each followed by the projection = a retraction) and
+``strang_heun_ambient`` (the same with Heun on the unprojected fields: still first order, THEORY §13).
 :meth:`ContinuousTransformer.vector_field` is the right-hand side used by the RK4 reference solver.
 """
 
@@ -30,7 +31,7 @@ from mathlens.flow.manifold import heun_step, tangent_project
 from mathlens.flow.schemes import STEPS
 
 INTERPOLATIONS = ("piecewise", "linear", "cubic")
-CT_SCHEMES = ("lie", "strang", "parallel", "strang_heun")
+CT_SCHEMES = ("lie", "strang", "parallel", "strang_heun", "strang_heun_ambient")
 SAMPLE_AT = ("left", "midpoint")
 
 
@@ -90,7 +91,17 @@ class _StepOps:
         return self.feed_forward_step(u, dt)
 
 
-class _TangentHeunOps(_StepOps):
+class _HeunOps(_StepOps):
+    """Each substep solved by one Heun step of the (unprojected, ambient) field; the projection follows."""
+
+    def attention_step(self, u: Tensor, dt: float) -> Tensor:
+        return heun_step(lambda v, _t: self.attention(v), u, 0.0, dt)
+
+    def feed_forward_step(self, u: Tensor, dt: float) -> Tensor:
+        return heun_step(lambda v, _t: self.feed_forward(v), u, 0.0, dt)
+
+
+class _TangentHeunOps(_HeunOps):
     """Fields projected onto T_u S1, each substep solved by one Heun step (the projection follows)."""
 
     def attention(self, u: Tensor) -> Tensor:
@@ -98,12 +109,6 @@ class _TangentHeunOps(_StepOps):
 
     def feed_forward(self, u: Tensor) -> Tensor:
         return tangent_project(self.block.ffn(u), u)
-
-    def attention_step(self, u: Tensor, dt: float) -> Tensor:
-        return heun_step(lambda v, _t: self.attention(v), u, 0.0, dt)
-
-    def feed_forward_step(self, u: Tensor, dt: float) -> Tensor:
-        return heun_step(lambda v, _t: self.feed_forward(v), u, 0.0, dt)
 
 
 class _Runner(nn.Module):
@@ -120,8 +125,8 @@ class _Runner(nn.Module):
             if norm_position == "pre":
                 return b.attn(b.norm_attn(u)) + b.ffn(b.norm_ffn(u))
             return tangent_project(b.attn(u) + b.ffn(u), u)
-        ops = _TangentHeunOps(b) if scheme == "strang_heun" else _StepOps(b)
-        step = STEPS["strang" if scheme == "strang_heun" else scheme]
+        ops = {"strang_heun": _TangentHeunOps, "strang_heun_ambient": _HeunOps}.get(scheme, _StepOps)(b)
+        step = STEPS["strang" if scheme.startswith("strang") else scheme]
         return step(u, ops, dt=dt, norm_position=norm_position, residual=residual, skip=skip)
 
 
@@ -232,9 +237,9 @@ class ContinuousTransformer(nn.Module):
         check_choice("scheme", scheme, CT_SCHEMES)
         check_choice("sample_at", sample_at, SAMPLE_AT)
         norm_position = norm_position or self.cfg.norm_position
-        if scheme == "strang_heun" and (norm_position != "post" or self.cfg.ffn_form != "standard"
+        if scheme.startswith("strang_heun") and (norm_position != "post" or self.cfg.ffn_form != "standard"
                                         or self.cfg.residual != "euler"):
-            raise MathlensError("scheme = 'strang_heun' needs norm_position = 'post', ffn_form = 'standard' "
+            raise MathlensError(f"scheme = {scheme!r} needs norm_position = 'post', ffn_form = 'standard' "
                                 "and residual = 'euler'")
         ts = t + 0.5 * dt if sample_at == "midpoint" else t
         return self._call(u, ts, dt=dt, scheme=scheme, norm_position=norm_position)
