@@ -116,6 +116,15 @@ def test_prediction12a_multi_head_is_rank_restricted_sum_of_square_heads():
     assert (summed - concat).abs().max() < 1e-13
 
 
+@pytest.mark.parametrize("rule, order", [("left", 1.0), ("midpoint", 2.0)])
+def test_prediction12b_heads_are_a_riemann_sum_over_a_head_variable(rule, order):
+    from mathlens.flow.limits import head_quadrature
+
+    r = head_quadrature(seed=0, rule=rule)
+    assert abs(r.order - order) <= 0.15
+    assert r.errors[-1] < r.errors[0] / 20
+
+
 def test_gpt_smoke_unchanged():
     m = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=16))
     assert m(torch.randint(0, 65, (2, 8)))[0].shape == (2, 8, 65)

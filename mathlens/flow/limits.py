@@ -6,6 +6,8 @@
   sphere (mean pairwise cosine grows towards 1; Geshkovski et al.).
 - :func:`attention_quadrature`: attention at a fixed query x* is a normalised Riemann sum over the key
   positions; error against Gauss-Legendre quadrature: order 1 (left points), 2 (midpoints).
+- :func:`head_quadrature`: multi-head attention Σ_m Δh·head(h_m) as a Riemann sum over a continuous head variable
+  (prediction 12b): order 1 (left points), 2 (midpoints) against Gauss-Legendre in h.
 - :func:`score_variance`: variance of the scores q·k at initialisation as N_y grows, with / without 1/√N_y.
 """
 
@@ -20,7 +22,7 @@ import torch
 from mathlens.errors import MathlensError
 from mathlens.flow.config import FlowConfig, check_choice
 from mathlens.flow.continuous import ContinuousTransformer
-from mathlens.flow.operators import attention_kernel, project_s1
+from mathlens.flow.operators import attention_kernel, attention_operator, project_s1
 from mathlens.flow.studies import paper_block_config
 from mathlens.stats import ols_slope
 
@@ -173,3 +175,33 @@ def score_variance(seed: int = 0, n_embd_list=(16, 64, 256), n_tokens: int = 64,
         scores = (u @ w_q) @ (u @ w_k).T * (1.0 / math.sqrt(d) if scaled else 1.0)
         out.append(float(scores.var()))
     return out
+
+
+@torch.no_grad()
+def head_quadrature(seed: int = 0, rule: str = "midpoint", n_heads_list=(2, 4, 8, 16, 32, 64), n_tokens: int = 5,
+                    n_embd: int = 6, n_gauss: int = 48) -> Quadrature:
+    """Σ_m Δh Softmax_2(Q(h_m)K(h_m)ᵀ/√N_y) V(h_m) with smooth kernels W(h) = W0 + h W1 + sin(2h) W2 on
+    Ω_h = [0, 1] (Δh = 1/N_h, the paper's (41) with L_h = 1) vs the head integral by Gauss-Legendre."""
+    check_choice("rule", rule, ("left", "midpoint"))
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(1, n_tokens, n_embd, generator=gen, dtype=torch.float64)
+    coef = torch.randn(3, 3, n_embd, n_embd, generator=gen, dtype=torch.float64) / math.sqrt(n_embd)
+
+    def kernels(h: torch.Tensor, weight: torch.Tensor):  # h, weight: (M,) -> w_q, w_k, w_v: (N_y, M·N_y)
+        basis = torch.stack([torch.ones_like(h), h, torch.sin(2 * h)], dim=-1)  # (M, 3)
+        w = torch.einsum("mb,qbij->qmij", basis, coef)  # (3, M, N_y, N_y)
+        w_v = w[2] * weight[:, None, None]  # Δh (or the Gauss weight) folded into the value maps
+        return tuple(x.permute(1, 0, 2).reshape(n_embd, -1) for x in (w[0], w[1], w_v))
+
+    def multi_head(h, weight):
+        return attention_operator(u, *kernels(h, weight), None, n_heads=len(h), scale=1 / math.sqrt(n_embd))[0]
+
+    nodes, weights = np.polynomial.legendre.leggauss(n_gauss)
+    exact = multi_head(torch.tensor(0.5 * (nodes + 1)), torch.tensor(0.5 * weights))
+    errors = []
+    for n in n_heads_list:
+        m = torch.arange(n, dtype=torch.float64)
+        h = (m + 0.5) / n if rule == "midpoint" else m / n
+        errors.append(float((multi_head(h, torch.full((n,), 1.0 / n, dtype=torch.float64)) - exact).abs().max()))
+    return Quadrature(rule=rule, n_points=list(n_heads_list), errors=errors, order=-_slope(n_heads_list, errors),
+                      seed=seed)
