@@ -78,26 +78,27 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     rows = st.visible_counts(n, causal, P.device) >= 2  # (n,)
     if not bool(rows.any()):
         raise MathlensError("attention statistics need at least two visible keys (n >= 2)")
-    P64 = P.to(torch.float64)
+    if not P.is_floating_point():
+        raise MathlensError(f"P must be floating point, got {P.dtype}")
 
     def rowmean(x: Tensor) -> Tensor:  # (B, h, n) -> (h,)
-        return x[..., rows].mean(dim=(0, 2))
+        return x[..., rows].to(torch.float64).mean(dim=(0, 2))
 
-    H = st.row_entropy(P64)
+    H = st.row_entropy(P)
     logm = torch.log(st.visible_counts(n, causal, P.device).to(torch.float64))[rows].mean()
     stats = {
         "entropy": rowmean(H),
-        "normalised_entropy": rowmean(st.normalised_entropy(P64, causal)),
-        "top_k_mass": rowmean(st.top_k_mass(P64, top_k)),
-        "gini": rowmean(st.gini(P64, causal)),
-        "frac_above_tau": rowmean(st.fraction_above(P64, tau, causal)),
+        "normalised_entropy": rowmean(st.normalised_entropy(P, causal, H)),
+        "top_k_mass": rowmean(st.top_k_mass(P, top_k)),
+        "gini": rowmean(st.gini(P, causal)),
+        "frac_above_tau": rowmean(st.fraction_above(P, tau, causal)),
     }
-    S = P64[: spectral_batch or B]
+    S = P[: spectral_batch or B].to(torch.float64)
     s = st.singular_values(S)  # (b, h, n)
     er = st.effective_rank_from_singular_values(s).mean(0)
     sr = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
     C = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
-    rk = rank_for_error(S, eps, "fro").to(torch.float64).mean(0)
+    rk = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
                     batch=B, spectral_batch=S.shape[0])
     return [HeadStats(layer=layer, head=hd, n=n, entropy=float(stats["entropy"][j]), log_visible=float(logm),
@@ -156,25 +157,33 @@ def random_init(model, seed: int):
 
 def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5, tau: float = 0.1,
                     eps: float = 0.1, energy_k: int | None = None, spectral_batch: int | None = None,
-                    chunk_rows: int = 256, store_device="cpu") -> ModelAttention:
-    """Capture ``model`` on ``idx: (B, T)`` and compute every statistic, one layer's patterns at a time."""
-    c = capture(model, idx, layers=layers, heads=heads, what=("resid", "q", "k", "v", "z"),
-                chunk_rows=chunk_rows, store_device=store_device)
+                    chunk_rows: int = 256, store_device="cpu", kernel_checks: bool = True,
+                    mercer: bool = True, pattern_dtype=torch.float64) -> ModelAttention:
+    """Capture ``model`` on ``idx: (B, T)`` and compute every statistic, one layer's patterns at a time.
+
+    ``kernel_checks``: Nadaraya–Watson / convex-hull residuals per layer (one more attention pass);
+    ``mercer``: the Mercer test of every head's ``W_Q W_Kᵀ``; ``store_device=None`` keeps everything on the
+    model's device (fastest on a GPU); ``pattern_dtype`` float64 (default) or float32 (faster).
+    """
+    what = ("resid", "q", "k", "v", "z") if kernel_checks else ("resid", "q", "k")
+    c = capture(model, idx, layers=layers, heads=heads, what=what, chunk_rows=chunk_rows,
+                store_device=store_device)
     out: list[HeadStats] = []
     checks: dict[int, KernelSmootherCheck] = {}
-    mercer: list[MercerResult] = []
+    mercers: list[MercerResult] = []
     for i in c.layers:
-        P = c.pattern(i, chunk_rows=chunk_rows)
+        P = c.pattern(i, chunk_rows=chunk_rows, dtype=pattern_dtype)
         out += head_statistics(P, i, c.heads, c.causal, top_k, tau, eps, energy_k, spectral_batch)
         del P
-        q = c[f"blocks.{i}.attn.hook_q"]
-        if not c.alibi:
-            checks[i] = kernel_smoother_check(q, c[f"blocks.{i}.attn.hook_k"][:, c.kv_index()],
-                                              c[f"blocks.{i}.attn.hook_v"][:, c.kv_index()],
+        if kernel_checks and not c.alibi:
+            kv = c.kv_index()
+            checks[i] = kernel_smoother_check(c[f"blocks.{i}.attn.hook_q"], c[f"blocks.{i}.attn.hook_k"][:, kv],
+                                              c[f"blocks.{i}.attn.hook_v"][:, kv],
                                               c[f"blocks.{i}.attn.hook_z"], c.scales[i], c.causal)
-        Wq, Wk = qk_weights(model, i)
-        mercer += [mercer_test(Wq[h], Wk[h], i, h) for h in c.heads]
-    return ModelAttention(out, mercer, checks, rank_collapse_profile(c.resid_states()))
+        if mercer:
+            Wq, Wk = qk_weights(model, i)
+            mercers += [mercer_test(Wq[h], Wk[h], i, h) for h in c.heads]
+    return ModelAttention(out, mercers, checks, rank_collapse_profile(c.resid_states()))
 
 
 def attention_summary(model, idx: Tensor, layers=None, heads=None, seed: int = 0, baseline: bool = True,

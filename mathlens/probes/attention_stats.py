@@ -2,7 +2,8 @@
 
 Every function takes attention weights ``P: (..., n, n)`` whose rows sum to one (a causal row ``i``
 has ``i + 1`` visible keys and exact zeros after them) and is batched over the leading dimensions
-(layer, head, batch). Spectral quantities are computed in float64.
+(layer, head, batch). Spectral quantities are computed in float64; row statistics in ``P``'s dtype (pass
+float64 for results exact to roundoff).
 
 Low rank (Roy & Vetterli 2007; Linformer, Wang et al. 2020; Eckart–Young):
 
@@ -75,9 +76,13 @@ def rank_for_error(P: Tensor, eps: float, norm: str = "fro") -> Tensor:
     ``norm="fro"``: error ``sqrt(Σ_{i>k} σ_i²) / sqrt(Σ_i σ_i²)``; ``norm="spectral"``: ``σ_{k+1} / σ_1``.
     ``k = 0`` only for the zero matrix.
     """
+    return rank_for_error_from_singular_values(singular_values(P), eps, norm)
+
+
+def rank_for_error_from_singular_values(s: Tensor, eps: float, norm: str = "fro") -> Tensor:
+    """:func:`rank_for_error` from descending singular values ``s: (..., r)``."""
     if not 0 <= eps < 1:
         raise MathlensError(f"eps must be in [0, 1), got {eps}")
-    s = singular_values(P)
     if norm == "fro":
         tail = torch.flip(torch.cumsum(torch.flip(s**2, [-1]), -1), [-1])  # tail[k] = Σ_{i≥k} σ_i² (0-based)
         total = tail[..., :1]
@@ -100,23 +105,26 @@ def visible_counts(n: int, causal: bool, device=None) -> Tensor:
 
 
 def row_entropy(P: Tensor) -> Tensor:
-    """``P: (..., n, n)`` -> ``H: (..., n)``, ``H_i = −Σ_j P_ij log P_ij`` (0 log 0 = 0), float64."""
-    return -_xlogx(P.to(torch.float64)).sum(-1)
+    """``P: (..., n, n)`` -> ``H: (..., n)``, ``H_i = −Σ_j P_ij log P_ij`` (0 log 0 = 0)."""
+    return -_xlogx(P).sum(-1)
 
 
-def normalised_entropy(P: Tensor, causal: bool = True) -> Tensor:
-    """``P: (..., n, n)`` -> ``(..., n)``: ``H_i / log m_i`` in [0, 1]; NaN for rows with one visible key."""
+def normalised_entropy(P: Tensor, causal: bool = True, H: Tensor | None = None) -> Tensor:
+    """``P: (..., n, n)`` -> ``(..., n)``: ``H_i / log m_i`` in [0, 1]; NaN for rows with one visible key.
+
+    ``H``: the row entropies when already computed.
+    """
     _square(P)
-    m = visible_counts(P.shape[-1], causal, P.device).to(torch.float64)
+    m = visible_counts(P.shape[-1], causal, P.device).to(P.dtype)
     logm = torch.log(m)
-    H = row_entropy(P)
+    H = row_entropy(P) if H is None else H
     return torch.where(m > 1, H / torch.where(m > 1, logm, torch.ones_like(logm)), torch.full_like(H, float("nan")))
 
 
 def top_k_mass(P: Tensor, k: int) -> Tensor:
     """``P: (..., n, n)`` -> ``(..., n)``: the mass of the ``k`` largest weights in each row."""
     k = min(int(k), P.shape[-1])
-    return torch.topk(P.to(torch.float64), k, dim=-1).values.sum(-1)
+    return torch.topk(P, k, dim=-1).values.sum(-1)
 
 
 def gini(P: Tensor, causal: bool = True) -> Tensor:
@@ -128,9 +136,9 @@ def gini(P: Tensor, causal: bool = True) -> Tensor:
     """
     _square(P)
     n = P.shape[-1]
-    x = torch.sort(P.to(torch.float64), dim=-1).values
-    m = visible_counts(n, causal, P.device).to(torch.float64)[:, None]  # (n_rows, 1)
-    pos = torch.arange(n, device=P.device, dtype=torch.float64)[None, :]  # (1, n)
+    x = torch.sort(P, dim=-1).values
+    m = visible_counts(n, causal, P.device).to(P.dtype)[:, None]  # (n_rows, 1)
+    pos = torch.arange(n, device=P.device, dtype=P.dtype)[None, :]  # (1, n)
     j = pos - (n - m) + 1
     w = torch.where(j >= 1, 2 * j - m - 1, torch.zeros_like(j))  # (n_rows, n)
     return (w * x).sum(-1) / (m[:, 0] * x.sum(-1)).clamp_min(1e-300)
@@ -139,8 +147,8 @@ def gini(P: Tensor, causal: bool = True) -> Tensor:
 def fraction_above(P: Tensor, tau: float, causal: bool = True) -> Tensor:
     """``P: (..., n, n)`` -> ``(..., n)``: share of a row's visible entries with ``P_ij > tau``."""
     _square(P)
-    m = visible_counts(P.shape[-1], causal, P.device).to(torch.float64)
-    return (P > tau).to(torch.float64).sum(-1) / m
+    m = visible_counts(P.shape[-1], causal, P.device).to(P.dtype)
+    return (P > tau).to(P.dtype).sum(-1) / m
 
 
 def residual_ratio(u: Tensor) -> Tensor:

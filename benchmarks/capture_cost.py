@@ -1,0 +1,104 @@
+"""Cost of per-layer attention statistics for a whole model against a plain fused forward pass.
+
+Workloads (alternating, ``--repeats`` times each, median):
+
+* ``forward``: ``model(idx)`` under ``torch.no_grad()`` (fused SDPA attention);
+* ``stats``: ``model_attention(model, idx, ...)``: one forward with Q/K/residual capture, then for every
+  layer the attention weights of all heads recomputed from Q/K in chunks of query rows, the row statistics
+  (entropy, normalised entropy, top-k mass, Gini, fraction above τ) over the whole batch, the spectral
+  statistics (effective/stable rank, C(k), Eckart–Young rank) on ``--spectral-batch`` sequences, and the
+  rank-collapse profile (no Mercer test, no Nadaraya–Watson check: those are one-off diagnostics);
+* ``stats+checks``: the same with the Mercer test and the Nadaraya–Watson / convex-hull check.
+
+Goal: ``stats`` ≤ 1.5× ``forward``. Shapes: ``small`` (4 layers, 128 wide, 4 heads, T=128, B=32) and
+``gpt2`` (GPT-2-124M: 12 layers, 768 wide, 12 heads, T=1024, B=8; meant for ``--device cuda``).
+
+    python benchmarks/capture_cost.py --shape small --device cpu
+    python benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mathlens import GPT, GPTConfig
+from mathlens.io import write_json
+from mathlens.probes.attention import model_attention
+
+SHAPES = {
+    "small": dict(cfg=dict(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128), B=32, T=128),
+    "gpt2": dict(cfg=dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768), B=8, T=1024),
+}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--spectral-batch", type=int, default=1)
+    ap.add_argument("--pattern-dtype", choices=["float64", "float32"], default="float64")
+    ap.add_argument("--chunk-rows", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    ap.add_argument("--out", default="benchmarks/out/capture_cost.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = SHAPES[args.shape]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**shape["cfg"])).to(args.device).eval()
+    idx = torch.randint(0, shape["cfg"]["vocab_size"], (shape["B"], shape["T"]), device=args.device)
+    store = None if args.device.startswith("cuda") else "cpu"
+    dtype = getattr(torch, args.pattern_dtype)
+    common = dict(spectral_batch=args.spectral_batch, chunk_rows=args.chunk_rows, store_device=store,
+                  pattern_dtype=dtype)
+
+    def forward():
+        with torch.no_grad():
+            model(idx)
+
+    work = {
+        "forward": forward,
+        "stats": lambda: model_attention(model, idx, kernel_checks=False, mercer=False, **common),
+        "stats+checks": lambda: model_attention(model, idx, **common),
+    }
+    for fn in work.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in work}
+    for _ in range(args.repeats):  # alternate, so drifts hit every workload alike
+        for k, fn in work.items():
+            times[k].append(_time(fn, args.device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"shape": args.shape, "device": args.device, "threads": torch.get_num_threads(),
+              "B": shape["B"], "T": shape["T"], **shape["cfg"], "spectral_batch": args.spectral_batch,
+              "pattern_dtype": args.pattern_dtype, "repeats": args.repeats, "median_s": med,
+              "ratio_stats": med["stats"] / med["forward"], "ratio_stats_checks": med["stats+checks"] / med["forward"],
+              "torch": torch.__version__}
+    for k, v in med.items():
+        print(f"{k:>14}: {v * 1e3:9.1f} ms  ({v / med['forward']:.2f}x forward)")
+    write_json(Path(args.out), result)
+    print(json.dumps({k: result[k] for k in ("ratio_stats", "ratio_stats_checks")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
