@@ -33,6 +33,9 @@ def test_finite_difference_hvp(problem):
     coarse = HessianOperator(model, loss_fn, batches, method="finite_difference", fd_step=1e-2)
     err = relative_error(coarse.dense(), H)
     assert 1e-8 < err < 1e-2
+    # forward differences (one gradient per product, ∇L(w) cached): error O(τ) + O(eps/τ) ~ 1e-8 at τ = √eps
+    fwd = HessianOperator(model, loss_fn, batches, method="finite_difference", fd_scheme="forward")
+    assert relative_error(fwd.dense(), H) <= 1e-5
 
 
 def test_fused_attention_exact_hvp_and_finite_difference():

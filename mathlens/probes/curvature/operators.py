@@ -15,7 +15,9 @@ Hessian–vector products, three ways:
   ``Hv ≈ (∇L(w + h v) − ∇L(w − h v)) / (2h)`` with ``h = τ · max(‖w‖, 1) / ‖v‖`` (a relative step:
   the perturbation ``h v`` has norm ``τ · max(‖w‖, 1)``). Error O(τ²) truncation + O(eps/τ) round-off;
   the default ``τ = eps^{1/3}`` (4.9e-3 in float32, 6.1e-6 in float64) balances the two.  Only first
-  derivatives are taken, so it works with fused ``scaled_dot_product_attention``.
+  derivatives are taken, so it works with fused ``scaled_dot_product_attention``; cost: two gradients.
+  ``fd_scheme="forward"``: ``(∇L(w + h v) − ∇L(w)) / h`` with ``∇L(w)`` computed once and cached —
+  one gradient per product, error O(τ) + O(eps/τ), default ``τ = sqrt(eps)``.
 
 Fused attention: PyTorch's fused SDPA kernels have neither a double backward nor forward-mode AD.
 The exact methods therefore run the model under ``sdpa_kernel(SDPBackend.MATH)`` by default
@@ -209,11 +211,13 @@ class MatrixOperator(_Operator):
 class HessianOperator(_Operator):
     """``H = ∇²_w L(w)`` at the model's current parameters; ``matvec`` by ``method`` (see module doc).
 
-    ``fd_step``: the relative finite-difference step τ (default ``eps^{1/3}`` of the dtype).
+    ``fd_step``: the relative finite-difference step τ (default ``eps^{1/3}`` of the dtype for
+    ``fd_scheme="central"``, ``eps^{1/2}`` for ``"forward"``).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable,
-                 method: str = "double_backward", math_attention: bool = True, fd_step: float | None = None):
+                 method: str = "double_backward", math_attention: bool = True, fd_step: float | None = None,
+                 fd_scheme: str = "central"):
         super().__init__()
         if method not in HVP_METHODS:
             raise MathlensError(f"unknown Hessian-vector method {method!r}; choose one of {HVP_METHODS}")
@@ -221,7 +225,11 @@ class HessianOperator(_Operator):
         self.model, self.method, self.math_attention = model, method, math_attention
         space = self.loss.space
         self.space, self.size, self.dtype, self.device = space, space.size, space.dtype, space.device
-        self.fd_step = float(torch.finfo(self.dtype).eps ** (1 / 3)) if fd_step is None else float(fd_step)
+        if fd_scheme not in ("central", "forward"):
+            raise MathlensError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
+        self.fd_scheme, self._g0 = fd_scheme, None
+        power = 1 / 3 if fd_scheme == "central" else 1 / 2
+        self.fd_step = float(torch.finfo(self.dtype).eps ** power) if fd_step is None else float(fd_step)
         if not self.fd_step > 0:
             raise MathlensError(f"fd_step must be > 0, got {fd_step}")
 
@@ -279,6 +287,10 @@ class HessianOperator(_Operator):
         if h == 0.0:
             return torch.zeros_like(v)
         _, g_plus = self.loss.value_and_grad(self.loss.w0 + h * v)
+        if self.fd_scheme == "forward":
+            if self._g0 is None:
+                self._g0 = self.loss.value_and_grad(self.loss.w0)[1]
+            return (g_plus - self._g0) / h
         _, g_minus = self.loss.value_and_grad(self.loss.w0 - h * v)
         return (g_plus - g_minus) / (2 * h)
 

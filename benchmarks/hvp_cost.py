@@ -1,0 +1,179 @@
+"""Cost of one Hessian-vector product vs one plain gradient with fused attention (BENCHMARKS.md, HVP section).
+
+Model: ``GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65))``, batch 16 × 128,
+float32. Workloads (each one call):
+
+* ``grad_fused``            one gradient, fused SDPA (the reference);
+* ``hvp_double_backward``   exact, math attention forced (fused SDPA has no double backward);
+* ``hvp_jvp``               exact, forward-over-reverse, math attention forced;
+* ``hvp_fd_central``        central differences of two fused-attention gradients;
+* ``hvp_fd_forward``        forward differences, ∇L(w) cached: one fused-attention gradient per product;
+* ``hvp_double_backward_fused``  is attempted once to record that it fails.
+
+Time: workloads alternate within one process, ``--repeats`` rounds, median. Peak memory: each workload
+runs once in a fresh subprocess; CPU: peak-RSS delta (``resource.getrusage``) with glibc's mmap threshold
+lowered so freed blocks go back to the OS; CUDA: ``torch.cuda.max_memory_allocated`` delta. Also the
+finite-difference error against the exact product vs the relative step τ.
+
+    python benchmarks/hvp_cost.py [--device cuda] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mathlens.io import write_json  # noqa: E402
+from mathlens.probes.curvature.operators import HessianOperator, ModelLoss, relative_error  # noqa: E402
+
+WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_jvp", "hvp_fd_central", "hvp_fd_forward"]
+
+
+def build(device: str, seed: int = 0):
+    from mathlens import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    cfg = GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65)
+    model = GPT(cfg).to(device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randint(0, 65, (16, 128), generator=g).to(device)
+    y = torch.randint(0, 65, (16, 128), generator=g).to(device)
+    return model, (lambda m, b: m(b[0], targets=b[1])[1]), [(x, y)]
+
+
+def make_workload(name: str, model, loss_fn, batches):
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(5))
+    v = v.to(next(model.parameters()).device)
+    if name == "grad_fused":
+        f = ModelLoss(model, loss_fn, batches)
+        return lambda: f.value_and_grad()[1]
+    if name == "hvp_double_backward_fused":
+        op = HessianOperator(model, loss_fn, batches, "double_backward", math_attention=False)
+    elif name in ("hvp_double_backward", "hvp_jvp"):
+        op = HessianOperator(model, loss_fn, batches, name[4:], math_attention=True)
+    else:
+        op = HessianOperator(model, loss_fn, batches, "finite_difference", fd_scheme=name.split("_")[-1])
+        if op.fd_scheme == "forward":
+            op.matvec(v)  # ∇L(w) is computed once per operator and cached; time the steady state
+    return lambda: op.matvec(v)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_all(device: str, repeats: int) -> dict:
+    model, loss_fn, batches = build(device)
+    fns = {n: make_workload(n, model, loss_fn, batches) for n in WORKLOADS}
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {n: [] for n in WORKLOADS}
+    for _ in range(repeats):
+        for n, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def memory_child(name: str, device: str) -> None:
+    """Run in a subprocess: print the peak extra memory (bytes) of one call of ``name``."""
+    model, loss_fn, batches = build(device)
+    fn = make_workload(name, model, loss_fn, batches)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak_bytes": torch.cuda.max_memory_allocated() - base}))
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+        print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+
+
+def memory_all(device: str) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out = {}
+    for name in WORKLOADS:
+        r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device], env=env,
+                           capture_output=True, text=True)
+        out[name] = json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"] if r.returncode == 0 else None
+    return out
+
+
+def fd_error_curve(device: str) -> dict:
+    model, loss_fn, batches = build(device)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(5)).to(device)
+    exact = HessianOperator(model, loss_fn, batches, "double_backward").matvec(v)
+    curve = {}
+    for scheme in ("central", "forward"):
+        for tau in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5):
+            op = HessianOperator(model, loss_fn, batches, "finite_difference", fd_step=tau, fd_scheme=scheme)
+            curve[f"{scheme}/{tau:g}"] = relative_error(op.matvec(v), exact)
+        default = HessianOperator(model, loss_fn, batches, "finite_difference", fd_scheme=scheme)
+        curve[f"{scheme}/default({default.fd_step:.2g})"] = relative_error(default.matvec(v), exact)
+    curve["jvp_vs_double_backward"] = relative_error(
+        HessianOperator(model, loss_fn, batches, "jvp").matvec(v), exact)
+    return curve
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        memory_child(args.child, args.device)
+        return 0
+    model, loss_fn, batches = build(args.device)
+    fused_fail = None
+    try:
+        make_workload("hvp_double_backward_fused", model, loss_fn, batches)()
+    except Exception as err:  # the expected MathlensError
+        fused_fail = str(err)
+    times = time_all(args.device, args.repeats)
+    mem = memory_all(args.device)
+    curve = fd_error_curve(args.device)
+    ref_t, ref_m = times["grad_fused"], mem["grad_fused"]
+    rows = {n: {"time_s": times[n], "time_ratio": times[n] / ref_t, "peak_bytes": mem[n],
+                "memory_ratio": (mem[n] / ref_m) if (mem[n] and ref_m) else None} for n in WORKLOADS}
+    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "repeats": args.repeats, "workloads": rows, "double_backward_fused": fused_fail or "ran",
+              "fd_relative_error": curve}
+    print(f"{'workload':28s} {'time':>9s} {'×grad':>6s} {'peak MiB':>9s} {'×grad':>6s}")
+    for n, r in rows.items():
+        mib = f"{r['peak_bytes'] / 2**20:9.1f}" if r["peak_bytes"] else "      n/a"
+        mr = f"{r['memory_ratio']:6.2f}" if r["memory_ratio"] else "   n/a"
+        print(f"{n:28s} {r['time_s'] * 1e3:7.1f}ms {r['time_ratio']:6.2f} {mib} {mr}")
+    print("double backward with fused SDPA:", fused_fail or "ran")
+    print("finite-difference relative error vs exact HVP:")
+    for k, e in curve.items():
+        print(f"  {k:28s} {e:.2e}")
+    out = Path(__file__).resolve().parent / "out" / f"hvp_cost_{args.device.replace(':', '')}.json"
+    write_json(out, result)
+    print("wrote", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
