@@ -134,13 +134,17 @@ def _refine(Xc: torch.Tensor, sq64: torch.Tensor, idx: torch.Tensor, k: int,
     m, r = idx.shape
     d2_out = torch.empty((m, k), dtype=torch.float64, device=Xc.device)
     idx_out = torch.empty((m, k), dtype=torch.int64, device=Xc.device)
-    step = max(1, _REFINE_ELEMENTS // (r * Xc.shape[1]))
+    D = Xc.shape[1]
+    step = max(1, min(m, _REFINE_ELEMENTS // (r * D)))
+    buf = torch.empty(step * r * D, dtype=torch.float64, device=Xc.device)  # reused: no page faults
     for start in range(0, m, step):
         stop = min(start + step, m)
-        q = torch.arange(start, stop, device=Xc.device) if rows is None else rows[start:stop]
+        q = slice(start, stop) if rows is None else rows[start:stop]
         cand, _ = torch.sort(idx[start:stop], dim=1)  # ties broken by index, as a stable brute force
-        dots = torch.bmm(Xc[cand], Xc[q].unsqueeze(2)).squeeze(2)  # (rows, r)
-        d2 = (sq64[cand] + sq64[q, None]).sub_(dots, alpha=2).clamp_min_(0)
+        G = buf[: cand.numel() * D].view(stop - start, r, D)
+        torch.index_select(Xc, 0, cand.reshape(-1), out=G.view(-1, D))
+        dots = torch.bmm(G, Xc[q].unsqueeze(2)).squeeze(2)  # (rows, r)
+        d2 = (sq64[cand] + sq64[q].unsqueeze(1)).sub_(dots, alpha=2).clamp_min_(0)
         d2s, pos = torch.sort(d2, dim=1, stable=True)
         d2_out[start:stop] = d2s[:, :k]
         idx_out[start:stop] = torch.gather(cand, 1, pos[:, :k])
