@@ -82,8 +82,9 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     torch.set_num_threads(1)
     run = {"max_iters": 6, "eval_interval": 3}
     model = {"n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0}
-    one = _config(corpus, tmp_path / "one", **run) | {"model": model}
-    two = _config(corpus, tmp_path / "two", **run) | {"model": model}
+    optim = {"lr": 1e-2, "warmup_iters": 2, "min_lr": 1e-3, "grad_accum": 2}  # also exercises DDP no_sync
+    one = _config(corpus, tmp_path / "one", **run) | {"model": model, "optim": optim}
+    two = _config(corpus, tmp_path / "two", **run) | {"model": model, "optim": optim}
     ref = train(TrainConfig.from_dict(one), quiet=True)
     worker = tmp_path / "worker.py"
     worker.write_text(SCRIPT)

@@ -1,0 +1,120 @@
+"""Training throughput (tokens/s) of mathlens' GPT vs Hugging Face ``GPT2LMHeadModel`` of the same shape.
+
+Both run the same step: forward + cross-entropy, backward, grad-norm clip 1.0, AdamW (nanoGPT decay groups),
+on random tokens; the two are timed alternately, ``--repeats`` times, and the median compared.
+Shapes: ``cpu`` = the nanogpt-char-cpu preset (4 layers, 128 wide, 4 heads, T=64, B=12, vocab 65);
+``gpt2`` = GPT-2 124M (12 layers, 768 wide, T=1024, B=12, vocab 50304), meant for a GPU:
+
+    python benchmarks/train_throughput.py                                    # CPU, fp32, eager
+    python benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mathlens.models.gpt import GPT, GPTConfig  # noqa: E402
+from mathlens.train import OptimConfig, make_optimizer  # noqa: E402
+
+SHAPES = {
+    "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch": 12, "vocab_size": 65},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch": 12, "vocab_size": 50304},
+}
+
+
+def build(kind: str, s: dict, device):
+    """GPT-2 architecture either way: learned positions, pre-LayerNorm, GELU (tanh), biases, tied embeddings."""
+    torch.manual_seed(0)
+    if kind == "mathlens":
+        cfg = GPTConfig(vocab_size=s["vocab_size"], block_size=s["block_size"], n_layer=s["n_layer"],
+                        n_head=s["n_head"], n_embd=s["n_embd"], activation="gelu_tanh", bias=True, dropout=0.0)
+        return GPT(cfg).to(device), lambda m, x: m(x, x)[1]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=s["vocab_size"], n_positions=s["block_size"], n_embd=s["n_embd"], n_layer=s["n_layer"],
+                     n_head=s["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(cfg).to(device), lambda m, x: m(input_ids=x, labels=x).loss
+
+
+def make_step(kind, s, device, dtype, compile_):
+    model, loss_fn = build(kind, s, device)
+    opt = make_optimizer(model, OptimConfig(lr=1e-4), device.type)
+    fwd = torch.compile(model) if compile_ else model
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def step():
+        x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g).to(device)
+        with amp():
+            loss = loss_fn(fwd, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def timed(step, n: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    float(loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="cpu")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, s = torch.device(args.device), SHAPES[args.shape]
+    steps = {k: make_step(k, s, device, args.dtype, args.compile) for k in ("mathlens", "hf")}
+    for step, _ in steps.values():
+        timed(step, args.warmup, device)
+    times = {k: [] for k in steps}
+    for _ in range(args.repeats):  # alternate so load changes hit both
+        for k, (step, _) in steps.items():
+            times[k].append(timed(step, args.steps, device))
+    tokens = args.steps * s["batch"] * s["block_size"]
+    tps = {k: tokens / statistics.median(v) for k, v in times.items()}
+    report = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "args": vars(args), "shape": s,
+              "params": {k: v[1] for k, v in steps.items()}, "tokens_per_s": tps,
+              "all_tokens_per_s": {k: [tokens / t for t in v] for k, v in times.items()},
+              "ratio_mathlens_over_hf": tps["mathlens"] / tps["hf"]}
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"train_throughput_{args.shape}_{device.type}.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"mathlens {tps['mathlens']:,.0f} tok/s, HF GPT2LMHeadModel {tps['hf']:,.0f} tok/s, "
+          f"ratio {report['ratio_mathlens_over_hf']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
