@@ -125,3 +125,24 @@ def test_operator_restores_train_mode():
     model.train()
     HessianOperator(model, loss_fn, batches).matvec(torch.ones(ParamSpace(model).size, dtype=torch.float64))
     assert model.training and model.fc1.training
+
+
+def test_mathlens_gpt_fused_attention_paths():
+    mathlens = pytest.importorskip("mathlens")
+    torch.manual_seed(0)
+    model = mathlens.GPT(mathlens.GPTConfig(vocab_size=7, block_size=6, n_layer=1, n_head=2, n_embd=8)).double()
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randint(0, 7, (2, 6), generator=g), torch.randint(0, 7, (2, 6), generator=g))
+
+    def loss_fn(m, b):  # float64 cross-entropy (GPT's own loss is computed in float32)
+        logits, _ = m(b[0])
+        return F.cross_entropy(logits.reshape(-1, 7), b[1].reshape(-1))
+
+    n = ParamSpace(model).size
+    v = torch.randn(n, generator=g, dtype=torch.float64)
+    with pytest.raises(MathlensError, match="fused attention"):
+        HessianOperator(model, loss_fn, [batch], math_attention=False).matvec(v)
+    exact = HessianOperator(model, loss_fn, [batch]).matvec(v)  # math backend forced
+    assert relative_error(HessianOperator(model, loss_fn, [batch], method="jvp").matvec(v), exact) <= 1e-10
+    fd = HessianOperator(model, loss_fn, [batch], method="finite_difference", math_attention=False).matvec(v)
+    assert relative_error(fd, exact) <= 1e-6
