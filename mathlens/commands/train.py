@@ -8,6 +8,9 @@ from pathlib import Path
 
 from mathlens.errors import MathlensError
 
+#: recipe used when neither --preset nor --config is given (and --resume finds no saved config)
+DEFAULT_PRESET = "nanogpt-char-cpu"
+
 #: flag -> (section, key, type)
 FLAGS = {
     "data": ("data", "corpus", str), "tokenizer": ("data", "tokenizer", str), "block_size": ("data", "block_size", int),
@@ -26,9 +29,11 @@ FLAGS = {
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a GPT (nanoGPT-style recipe, checkpoints, resume)",
-                              description="Train a GPT. Settings: preset < --config file < flags.")
+                              description="Train a GPT. Settings: preset < --config file < flags; with neither --preset nor "
+                              f"--config the {DEFAULT_PRESET} preset is the base. --resume without --config reuses "
+                              "the run's saved config.json.")
     p.add_argument("--config", help="TOML (or JSON) file with [model] [data] [optim] [run] tables")
-    p.add_argument("--preset", help="named recipe: nanogpt-char-cpu, nanogpt-char-gpu")
+    p.add_argument("--preset", help="named recipe: nanogpt-char-cpu (default), nanogpt-char-gpu")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     for flag, (section, key, tp) in FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), type=tp, default=None, help=f"{section}.{key}")
@@ -43,13 +48,17 @@ def resolve_config(args):
     from mathlens.train.config import TrainConfig, merge
     from mathlens.train.presets import preset
 
-    base: dict = preset(args.preset) if args.preset else {}
+    saved = Path(args.out) / "config.json" if args.resume and args.out else None
+    if args.preset:
+        base: dict = preset(args.preset)
+    elif args.config or (saved is not None and saved.is_file()):
+        base = {}
+    else:
+        base = preset(DEFAULT_PRESET)
     if args.config:
         base = merge(base, _read_config(args.config))
-    elif args.resume and not args.preset and args.out:
-        saved = Path(args.out) / "config.json"
-        if saved.is_file():
-            base = merge(base, _read_config(saved))
+    elif saved is not None and saved.is_file() and not args.preset:
+        base = merge(base, _read_config(saved))
     overrides: dict = {}
     for flag, (section, key, _) in FLAGS.items():
         v = getattr(args, flag)
