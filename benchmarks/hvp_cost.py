@@ -11,7 +11,8 @@ float32. Workloads (each one call):
 * ``hvp_double_backward_fused``  is attempted once to record that it fails.
 
 Time: workloads alternate within one process, ``--repeats`` rounds, median. Peak memory: each workload
-runs once in a fresh subprocess; CPU: peak-RSS delta (``resource.getrusage``) with glibc's mmap threshold
+runs once in a fresh subprocess; CPU: peak RSS during the call minus RSS before it (Linux: the peak is
+reset through ``/proc/self/clear_refs``; elsewhere ``getrusage`` peak deltas), with glibc's mmap threshold
 lowered so freed blocks go back to the OS; CUDA: ``torch.cuda.max_memory_allocated`` delta. Also the
 finite-difference error against the exact product vs the relative step τ.
 
@@ -102,16 +103,37 @@ def memory_child(name: str, device: str) -> None:
         torch.cuda.synchronize()
         print(json.dumps({"peak_bytes": torch.cuda.max_memory_allocated() - base}))
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _status_bytes("VmRSS")
+        reset = _reset_peak_rss()
+        before = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         fn()
-        print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+        after = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"peak_bytes": after - (base if reset else before), "peak_reset": reset}))
+
+
+def _status_bytes(key: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def memory_all(device: str) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     out = {}
     for name in WORKLOADS:
-        r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device], env=env,
+        r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device,
+                            "--threads", str(torch.get_num_threads())], env=env,
                            capture_output=True, text=True)
         out[name] = json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"] if r.returncode == 0 else None
     return out
@@ -138,6 +160,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--skip-curve", action="store_true", help="skip the finite-difference error curve")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -153,7 +176,7 @@ def main() -> int:
         fused_fail = str(err)
     times = time_all(args.device, args.repeats)
     mem = memory_all(args.device)
-    curve = fd_error_curve(args.device)
+    curve = {} if args.skip_curve else fd_error_curve(args.device)
     ref_t, ref_m = times["grad_fused"], mem["grad_fused"]
     rows = {n: {"time_s": times[n], "time_ratio": times[n] / ref_t, "peak_bytes": mem[n],
                 "memory_ratio": (mem[n] / ref_m) if (mem[n] and ref_m) else None} for n in WORKLOADS}

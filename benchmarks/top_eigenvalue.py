@@ -85,7 +85,10 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--hvp", default="double_backward")
     ap.add_argument("--rtol", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, loss_fn, batch, src = build(args.device, args.train_steps)
     op = lambda: HessianOperator(model, loss_fn, batch, method=args.hvp)
     t0 = time.perf_counter()

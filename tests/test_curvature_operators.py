@@ -23,8 +23,8 @@ def test_exact_hvp_matches_dense_hessian(problem, method):
 
 @pytest.mark.parametrize("problem", [mlp_problem, attention_problem])
 def test_finite_difference_hvp(problem):
-    # Central differences: truncation error ~ h²‖∇³L‖, round-off ~ eps‖∇L‖/h. With the relative step
-    # τ = eps^{1/3} ≈ 6e-6 in float64 both terms are ~1e-10 relative; 1e-6 leaves ample margin.
+    # Central differences: truncation error ~ τ²‖∇³L‖, round-off ~ eps‖∇L‖/τ. With the default relative
+    # step τ = 0.2·eps^{1/3} ≈ 1.2e-6 in float64 both terms are ~1e-10 relative; 1e-6 leaves ample margin.
     model, loss_fn, batches = problem()
     H = dense_hessian(model, loss_fn, batches)
     op = HessianOperator(model, loss_fn, batches, method="finite_difference")
@@ -33,7 +33,7 @@ def test_finite_difference_hvp(problem):
     coarse = HessianOperator(model, loss_fn, batches, method="finite_difference", fd_step=1e-2)
     err = relative_error(coarse.dense(), H)
     assert 1e-8 < err < 1e-2
-    # forward differences (one gradient per product, ∇L(w) cached): error O(τ) + O(eps/τ) ~ 1e-8 at τ = √eps
+    # forward differences (one gradient per product, ∇L(w) cached): error O(τ) + O(eps/τ) ~ 1e-8 at τ ~ √eps
     fwd = HessianOperator(model, loss_fn, batches, method="finite_difference", fd_scheme="forward")
     assert relative_error(fwd.dense(), H) <= 1e-5
 

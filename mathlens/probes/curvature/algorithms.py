@@ -162,7 +162,7 @@ def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed
         Sk = torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device)
         vecs = (V[:m].T @ Sk).T.contiguous()
         vecs = vecs / vecs.norm(dim=1, keepdim=True)
-    return EigenResult([float(x) for x in theta[idx]], op.n_matvecs if hasattr(op, "n_matvecs") else m,
+    return EigenResult([float(x) for x in theta[idx]], m,
                        time.perf_counter() - t0, converged, "lanczos", [float(r) for r in res], history, vecs)
 
 
