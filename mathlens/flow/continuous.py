@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,8 @@ class ContinuousTransformer(nn.Module):
 
     ``cfg`` gives the operators and every erratum flag (see :class:`FlowConfig`); ``cfg.scheme`` and
     ``cfg.norm_position`` are the defaults of :meth:`forward`; ``cfg.dt`` is not used (dt = T / n_steps).
+    Positions enter only through the initial state f (the paper's model; no RoPE / ALiBi inside θ).
+    The controls are ``self.controls[name]``: (K, *shape), ``name`` = a FlowBlock parameter name with "." -> "__".
     """
 
     def __init__(self, cfg: FlowConfig, n_controls: int = 4, T: float = 1.0, interpolation: str = "piecewise",
@@ -191,6 +194,8 @@ class ContinuousTransformer(nn.Module):
         if not blocks:
             raise MathlensError("from_blocks needs at least one FlowBlock")
         cfg = blocks[0].cfg
+        if any(getattr(b.attn, "alibi", None) is not None for b in blocks):
+            raise MathlensError("from_blocks: ALiBi score biases are not part of θ(t) (positions enter only through f)")
         model = cls(cfg, n_controls=len(blocks), T=T if T is not None else len(blocks) * cfg.dt)
         model.to(next(iter(blocks[0].parameters())).dtype)
         with torch.no_grad():
@@ -249,10 +254,11 @@ class ContinuousTransformer(nn.Module):
         """u0: (B, N_x, N_y) -> u(T): (B, N_x, N_y) after ``n_steps`` steps of size T / n_steps
         (default n_steps = n_controls); with ``return_trajectory`` the states (n_steps + 1, B, N_x, N_y)."""
         n_steps = self.n_controls if n_steps is None else n_steps
-        if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        if not isinstance(n_steps, numbers.Integral) or isinstance(n_steps, bool) or n_steps < 1:
             raise MathlensError(f"n_steps = {n_steps!r} is invalid (must be a positive integer)")
         if u0.dim() != 3 or u0.shape[-1] != self.cfg.n_embd:
             raise MathlensError(f"state must have shape (batch, tokens, {self.cfg.n_embd}), got {tuple(u0.shape)}")
+        n_steps = int(n_steps)
         dt = self.T / n_steps
         u, states = u0, [u0]
         for n in range(n_steps):
