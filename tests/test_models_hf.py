@@ -121,7 +121,8 @@ def test_float32_parity_and_dtype_device_kept(make):
     assert {p.device for p in gpt.parameters()} == {next(hf.parameters()).device}
     assert not gpt.training
     assert max_diff(hf, gpt) <= 1e-5
-    assert {p.dtype for p in from_hf(make(dtype=torch.float64)).parameters()} == {torch.float64}
+    for dtype in (torch.float64, torch.bfloat16):
+        assert {p.dtype for p in from_hf(make(dtype=dtype)).parameters()} == {dtype}
 
 
 @pytest.mark.parametrize("tie", [True, False])
