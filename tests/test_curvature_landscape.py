@@ -160,3 +160,22 @@ def test_curvature_tracker_every_k_warm_start_and_eos():
     assert all(isinstance(v, float | int) for v in k1.history[-1].values())
     with pytest.raises(MathlensError):
         CurvatureTracker(loss_fn, batches, every=0)
+
+
+def test_results_are_json_ready():
+    import json
+
+    from mathlens.probes.curvature import hessian_trace, spectral_density, top_eigenvalues
+
+    model, loss_fn, batches = mlp_problem()
+    X = batches[0][0]
+    results = [
+        top_eigenvalues(model, loss_fn, batches, k=2, return_eigenvectors=True),
+        hessian_trace(model, loss_fn, batches, n_samples=4),
+        spectral_density(model, loss_fn, batches, n_probes=1, n_iter=4, n_grid=20),
+        loss_slice_1d(model, loss_fn, batches, alphas=[0.0, 0.5]),
+        empirical_ntk(model, lambda m, x: m(x), X),
+    ]
+    for r in results:
+        back = json.loads(json.dumps(r.to_dict()))
+        assert isinstance(back, dict) and back
