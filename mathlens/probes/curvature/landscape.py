@@ -9,8 +9,10 @@ tensors (biases, norm gains) get ``d = 0`` (Li et al.'s ``ignore='biasbn'``) unl
 The grid is evaluated ``chunk`` points at a time with ``torch.vmap`` over ``torch.func.functional_call``
 (one batched forward per chunk and batch). If vmap fails for a model (randomness such as dropout in
 train mode, an op without a batching rule, data-dependent control flow, ...) the evaluation falls back
-to a plain loop over grid points; ``.vectorized`` says which path ran. The model is evaluated in eval
-mode, so dropout is off either way.
+to a plain loop over grid points; ``.vectorized`` says which path ran. The vmapped path runs attention
+through the math SDPA backend (it has batching rules; the fused CPU kernel has none and vmap would loop
+over it); the loop keeps the model's own attention. The model is evaluated in eval mode, so dropout is
+off either way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mathlens.errors import MathlensError
 from mathlens.probes.curvature.operators import ModelLoss, eval_mode
@@ -74,11 +77,12 @@ def evaluate_points(f: ModelLoss, points: torch.Tensor, chunk: int = 16) -> tupl
     out = np.zeros(points.shape[0])
     vectorized = True
     with torch.no_grad(), eval_mode(f.model):
-        try:
-            for s in range(0, points.shape[0], chunk):
-                W = points[s: s + chunk]
-                vals = sum(vmap(one, in_dims=(0, None))(W, b) for b in f.batches) / len(f.batches)
-                out[s: s + W.shape[0]] = vals.double().cpu().numpy().reshape(-1)
+        try:  # the math SDPA backend has batching rules; the fused CPU kernel would be looped by vmap
+            with sdpa_kernel(SDPBackend.MATH):
+                for s in range(0, points.shape[0], chunk):
+                    W = points[s: s + chunk]
+                    vals = sum(vmap(one, in_dims=(0, None))(W, b) for b in f.batches) / len(f.batches)
+                    out[s: s + W.shape[0]] = vals.double().cpu().numpy().reshape(-1)
         except Exception:  # no batching rule, randomness, control flow, ...: fall back to a loop
             vectorized = False
             for i, w in enumerate(points):
