@@ -190,7 +190,11 @@ def sweep_from_dict(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
     spec = SweepSpec(base=data, source=source, **table)
     from mathlens.train.config import TrainConfig
 
-    TrainConfig.from_dict(spec.base_config(), where=f"{source} (base config)")
+    where = f"{source} (base config)"
+    try:
+        TrainConfig.from_dict(spec.base_config(), where=where)
+    except MathlensError as e:
+        raise MathlensError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     return spec
 
 

@@ -49,7 +49,7 @@ def format_value(v: Any) -> str:
         text = repr(v)
     else:
         text = str(v)
-    return _UNSAFE.sub("-", text).strip("-") or "-"
+    return _UNSAFE.sub("-", text) or "-"
 
 
 def point_id(values: dict[str, Any], labels: dict[str, str]) -> str:
