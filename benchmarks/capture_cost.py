@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spectral-batch", type=int, default=1)
+    ap.add_argument("--row-batch", type=int, default=None, help="sequences for row statistics (default: all)")
     ap.add_argument("--pattern-dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--chunk-rows", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     idx = torch.randint(0, shape["cfg"]["vocab_size"], (shape["B"], shape["T"]), device=args.device)
     store = None if args.device.startswith("cuda") else "cpu"
     dtype = getattr(torch, args.pattern_dtype)
-    common = dict(spectral_batch=args.spectral_batch, chunk_rows=args.chunk_rows, store_device=store,
+    common = dict(spectral_batch=args.spectral_batch, row_batch=args.row_batch, chunk_rows=args.chunk_rows, store_device=store,
                   pattern_dtype=dtype)
 
     def forward():
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
             times[k].append(_time(fn, args.device))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {"shape": args.shape, "device": args.device, "threads": torch.get_num_threads(),
-              "B": shape["B"], "T": shape["T"], **shape["cfg"], "spectral_batch": args.spectral_batch,
+              "B": shape["B"], "T": shape["T"], **shape["cfg"], "spectral_batch": args.spectral_batch, "row_batch": args.row_batch,
               "pattern_dtype": args.pattern_dtype, "repeats": args.repeats, "median_s": med,
               "ratio_stats": med["stats"] / med["forward"], "ratio_stats_checks": med["stats+checks"] / med["forward"],
               "torch": torch.__version__}

@@ -64,9 +64,11 @@ class HeadStats:
 
 def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, causal: bool = True,
                     top_k: int = 5, tau: float = 0.1, eps: float = 0.1, energy_k: int | None = None,
-                    spectral_batch: int | None = None) -> list[HeadStats]:
+                    spectral_batch: int | None = None, row_batch: int | None = None) -> list[HeadStats]:
     """``P: (B, h, n, n)`` attention weights of ``h`` heads -> one :class:`HeadStats` per head.
 
+    Row statistics use the first ``row_batch`` sequences, spectral ones the first ``spectral_batch``
+    (None: all).
     ``energy_k`` defaults to ``n // 4`` (Linformer: the top 128 of 512); ``eps`` is a relative
     Frobenius error for ``rank_for_eps``.
     """
@@ -84,14 +86,16 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     def rowmean(x: Tensor) -> Tensor:  # (B, h, n) -> (h,)
         return x[..., rows].to(torch.float64).mean(dim=(0, 2))
 
-    H = st.row_entropy(P)
+    R = P[: row_batch or B]
+    H = st.row_entropy(R)
     logm = torch.log(st.visible_counts(n, causal, P.device).to(torch.float64))[rows].mean()
+    xs = torch.sort(R, dim=-1).values  # one sort serves top-k mass and Gini
     stats = {
         "entropy": rowmean(H),
-        "normalised_entropy": rowmean(st.normalised_entropy(P, causal, H)),
-        "top_k_mass": rowmean(st.top_k_mass(P, top_k)),
-        "gini": rowmean(st.gini(P, causal)),
-        "frac_above_tau": rowmean(st.fraction_above(P, tau, causal)),
+        "normalised_entropy": rowmean(st.normalised_entropy(R, causal, H)),
+        "top_k_mass": rowmean(xs[..., n - min(top_k, n):].sum(-1)),
+        "gini": rowmean(st.gini(R, causal, sorted_rows=xs)),
+        "frac_above_tau": rowmean(st.fraction_above(R, tau, causal)),
     }
     S = P[: spectral_batch or B].to(torch.float64)
     s = st.singular_values(S)  # (b, h, n)
@@ -100,7 +104,7 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     C = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
     rk = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
-                    batch=B, spectral_batch=S.shape[0])
+                    batch=B, row_batch=R.shape[0], spectral_batch=S.shape[0])
     return [HeadStats(layer=layer, head=hd, n=n, entropy=float(stats["entropy"][j]), log_visible=float(logm),
                       normalised_entropy=float(stats["normalised_entropy"][j]),
                       top_k_mass=float(stats["top_k_mass"][j]), gini=float(stats["gini"][j]),
@@ -158,7 +162,8 @@ def random_init(model, seed: int):
 def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5, tau: float = 0.1,
                     eps: float = 0.1, energy_k: int | None = None, spectral_batch: int | None = None,
                     chunk_rows: int = 256, store_device="cpu", kernel_checks: bool = True,
-                    mercer: bool = True, pattern_dtype=torch.float64) -> ModelAttention:
+                    mercer: bool = True, pattern_dtype=torch.float64, row_batch: int | None = None
+                    ) -> ModelAttention:
     """Capture ``model`` on ``idx: (B, T)`` and compute every statistic, one layer's patterns at a time.
 
     ``kernel_checks``: Nadaraya–Watson / convex-hull residuals per layer (one more attention pass);
@@ -171,9 +176,10 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     out: list[HeadStats] = []
     checks: dict[int, KernelSmootherCheck] = {}
     mercers: list[MercerResult] = []
+    need = None if row_batch is None else max(row_batch, spectral_batch or idx.shape[0])  # sequences used
     for i in c.layers:
-        P = c.pattern(i, chunk_rows=chunk_rows, dtype=pattern_dtype)
-        out += head_statistics(P, i, c.heads, c.causal, top_k, tau, eps, energy_k, spectral_batch)
+        P = c.pattern(i, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need)
+        out += head_statistics(P, i, c.heads, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
         del P
         if kernel_checks and not c.alibi:
             kv = c.kv_index()

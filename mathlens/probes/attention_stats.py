@@ -43,8 +43,8 @@ def singular_values(P: Tensor) -> Tensor:
 
 
 def _xlogx(p: Tensor) -> Tensor:
-    """``p log p`` with ``0 log 0 = 0``."""
-    return torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+    """``p log p`` with ``0 log 0 = 0`` (for ``p ≥ 0``: ``0 · log(tiny)`` is exactly 0)."""
+    return p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 
 def effective_rank_from_singular_values(s: Tensor) -> Tensor:
@@ -127,16 +127,17 @@ def top_k_mass(P: Tensor, k: int) -> Tensor:
     return torch.topk(P, k, dim=-1).values.sum(-1)
 
 
-def gini(P: Tensor, causal: bool = True) -> Tensor:
+def gini(P: Tensor, causal: bool = True, sorted_rows: Tensor | None = None) -> Tensor:
     """``P: (..., n, n)`` -> ``(..., n)`` Gini coefficient of the visible weights of each row.
 
     ``G = Σ_j (2j − m − 1) x_(j) / (m Σ_j x_j)`` over the ``m`` visible entries sorted ascending
     (``j`` 1-based): 0 for uniform rows, ``(m − 1)/m`` for one-hot rows. Masked causal entries are exact
-    zeros, so after an ascending sort the visible entries are the last ``m`` of the row.
+    zeros, so after an ascending sort the visible entries are the last ``m`` of the row. ``sorted_rows``:
+    ``torch.sort(P, -1).values`` when already computed.
     """
     _square(P)
     n = P.shape[-1]
-    x = torch.sort(P, dim=-1).values
+    x = torch.sort(P, dim=-1).values if sorted_rows is None else sorted_rows
     m = visible_counts(n, causal, P.device).to(P.dtype)[:, None]  # (n_rows, 1)
     pos = torch.arange(n, device=P.device, dtype=P.dtype)[None, :]  # (1, n)
     j = pos - (n - m) + 1

@@ -74,12 +74,14 @@ class Capture:
         return out + [self[f"blocks.{i}.hook_resid_post"] for i in self.layers
                       if f"blocks.{i}.hook_resid_post" in self]
 
-    def pattern(self, layer: int, chunk_rows: int = 256, dtype=torch.float64, device=None) -> Tensor:
-        """Attention weights ``(B, h, T, T)`` of the selected heads of ``layer``, recomputed from Q/K."""
+    def pattern(self, layer: int, chunk_rows: int = 256, dtype=torch.float64, device=None,
+                batch: int | None = None) -> Tensor:
+        """Attention weights ``(B, h, T, T)`` of the selected heads of ``layer``, recomputed from Q/K
+        (for the first ``batch`` sequences only when given)."""
         key = f"blocks.{layer}.attn.hook_pattern"
         if key in self.tensors:
-            return self.tensors[key].to(dtype)
-        q, k = self[f"blocks.{layer}.attn.hook_q"], self[f"blocks.{layer}.attn.hook_k"]
+            return self.tensors[key][:batch].to(dtype)
+        q, k = self[f"blocks.{layer}.attn.hook_q"][:batch], self[f"blocks.{layer}.attn.hook_k"][:batch]
         if device is not None:
             q, k = q.to(device), k.to(device)
         if self.alibi:  # the model's own function: ALiBi slopes are per head, so it needs every head
