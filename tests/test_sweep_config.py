@@ -148,3 +148,24 @@ def test_results_columns_and_fit_inputs():
     assert r.column("N", status=None).shape == (4,)
     d = r.to_dict()
     assert (d["done"], d["failed"], d["n_points"]) == (3, 1, 4)
+
+
+def test_mean_over_seeds_averages_each_setting():
+    recs = [{"id": f"w{w}_s{s}", "values": {"model.n_embd": w, "run.seed": s}, "status": "done", "error": None,
+             "N": float(w), "D": 64.0, "T": 16, "loss": w / 10 + s} for w in (16, 32) for s in (0, 1, 2)]
+    recs.append({**recs[0], "id": "bad", "values": {"model.n_embd": 64, "run.seed": 0}, "status": "failed"})
+    m = SweepResults("s", recs).mean_over("run.seed")
+    assert [r["values"] for r in m.records] == [{"model.n_embd": 16}, {"model.n_embd": 32}]
+    assert m.loss.tolist() == pytest.approx([1.6 + 1.0, 3.2 + 1.0])  # mean of w/10 + {0, 1, 2}
+    assert m.N.tolist() == [16.0, 32.0] and [r["n_runs"] for r in m.records] == [3, 3]
+    assert m.records[0]["loss_std"] == pytest.approx(1.0)  # std of {0, 1, 2} with ddof 1
+
+
+def test_fit_chinchilla_on_sweep_columns_recovers_a_known_law():
+    E, A, B, a, b = 1.5, 400.0, 600.0, 0.35, 0.3
+    recs = [{"id": f"{n}_{d}", "values": {}, "status": "done", "error": None, "N": n, "D": d, "T": 16,
+             "loss": E + A / n**a + B / d**b} for n in (1e4, 3e4, 1e5, 3e5) for d in (1e6, 3e6, 1e7, 3e7)]
+    fit = SweepResults("law", recs).fit_chinchilla(n_boot=0, n_starts=16)
+    # noise-free data from the law itself: the fit returns its parameters (to optimiser tolerance)
+    assert (fit.E, fit.alpha, fit.beta) == pytest.approx((E, a, b), rel=2e-2)
+    assert fit.n_points == 16

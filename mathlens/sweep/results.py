@@ -131,6 +131,25 @@ class SweepResults:
             return self.column(name)
         raise AttributeError(name)
 
+    def mean_over(self, key: str = "run.seed") -> SweepResults:
+        """Finished points averaged over the values of swept ``key`` (e.g. seeds): one record per setting of
+        the other keys, numeric columns averaged, ``n_runs`` and ``loss_std`` (sample std, ddof = 1) added."""
+        groups: dict[str, list[dict]] = {}
+        for r in self.done:
+            rest = {k: v for k, v in r["values"].items() if k != key}
+            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(r)
+        out = []
+        for rows in groups.values():
+            rec = {"id": "_".join(r["id"] for r in rows[:1]), "status": "done", "error": None,
+                   "values": {k: v for k, v in rows[0]["values"].items() if k != key}, "n_runs": len(rows)}
+            for c in COLUMNS:
+                vals = [r[c] for r in rows if r.get(c) is not None]
+                rec[c] = float(np.mean(vals)) if vals else None
+            losses = [r["loss"] for r in rows]
+            rec["loss_std"] = float(np.std(losses, ddof=1)) if len(losses) > 1 else None
+            out.append(rec)
+        return SweepResults(self.name, out)
+
     def fit_chinchilla(self, **kwargs):
         """:func:`mathlens.probes.scaling.fit_chinchilla` on (N, D, loss) of the finished points."""
         from mathlens.probes.scaling import fit_chinchilla
