@@ -42,7 +42,7 @@ def accuracy(seeds: int) -> dict:
         orders = [r["order"] for r in rs]
         split = [r["splitting_order"] for r in rs]
         print(f"{s:22s} {statistics.mean(orders):10.3f} {min(orders):7.3f} {max(orders):7.3f}  "
-              f"{statistics.mean(r['errors'][-1] for r in rs):.2e}         {statistics.mean(split):.3f}")
+              f"{statistics.mean(r['errors'][-1] for r in rs):.2e}         {statistics.mean(split) if None not in split else float('nan'):.3f}")
     return out
 
 

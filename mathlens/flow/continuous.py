@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -154,6 +155,8 @@ class ContinuousTransformer(nn.Module):
         template = FlowBlock(dataclasses.replace(cfg, scheme="lie"))
         self.__dict__["_runner"] = _Runner(template)  # not a submodule: its parameters are replaced by θ(t)
         self.names = [name for name, _ in template.named_parameters()]
+        self._shapes = [p.shape for _, p in template.named_parameters()]
+        self._sizes = [p.numel() for _, p in template.named_parameters()]
         self._slots = {name: (template.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
                        for name in self.names}
         self.controls = nn.ParameterDict({
@@ -209,15 +212,38 @@ class ContinuousTransformer(nn.Module):
                     model.controls[cls._key(name)][k].copy_(params[name])
         return model
 
+    def _flat_controls(self) -> Tensor:
+        """All control points side by side: (K, total number of entries of one block's θ)."""
+        cached = self.__dict__.get("_flat_cache")
+        if cached is not None:
+            return cached
+        return torch.cat([self.controls[self._key(n)].reshape(self.n_controls, -1) for n in self.names], dim=1)
+
+    @contextmanager
+    def cached_controls(self):
+        """Concatenate the control points once for many evaluations (a forward pass, a reference solve).
+
+        Do not change the controls inside the block; gradients flow through the cached tensor as usual."""
+        self.__dict__["_flat_cache"] = None
+        self.__dict__["_flat_cache"] = self._flat_controls()
+        try:
+            yield
+        finally:
+            self.__dict__["_flat_cache"] = None
+
     def controls_at(self, t: float) -> dict[str, Tensor]:
-        """θ(t) as {parameter name of one block: tensor}."""
+        """θ(t) = Σ_k c_k(t) θ_k as {parameter name of one block: tensor} (a piece itself is returned exactly)."""
         w = interpolation_weights(float(t), self.T, self.n_controls, self.interpolation)
-        out = {}
-        for name in self.names:
-            P = self.controls[self._key(name)]
-            terms = [P[k] if c == 1.0 else c * P[k] for k, c in w.items() if c != 0.0]
-            out[name] = terms[0] if len(terms) == 1 else torch.stack(terms).sum(0)
-        return out
+        flat = self._flat_controls()
+        if len(w) == 1 and next(iter(w.values())) == 1.0:
+            values = flat[next(iter(w))]
+        else:
+            coef = torch.zeros(self.n_controls, dtype=flat.dtype, device=flat.device)
+            for k, c in w.items():
+                coef[k] = c
+            values = coef @ flat
+        return {name: v.view(shape) for name, v, shape in
+                zip(self.names, torch.split(values, self._sizes), self._shapes)}
 
     def _call(self, u: Tensor, t: float, **kwargs) -> Tensor:
         c = self.cfg
@@ -261,8 +287,9 @@ class ContinuousTransformer(nn.Module):
         n_steps = int(n_steps)
         dt = self.T / n_steps
         u, states = u0, [u0]
-        for n in range(n_steps):
-            u = self.step(u, n * dt, dt, scheme, norm_position, sample_at)
-            if return_trajectory:
-                states.append(u)
+        with self.cached_controls():
+            for n in range(n_steps):
+                u = self.step(u, n * dt, dt, scheme, norm_position, sample_at)
+                if return_trajectory:
+                    states.append(u)
         return torch.stack(states) if return_trajectory else u

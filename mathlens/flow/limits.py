@@ -37,7 +37,7 @@ class Confinement:
 
     dt: list[float]
     min_entry: list[float]
-    slope: float  # fitted on the dt ≤ 1/8 points
+    slope: float | None  # fitted on the dt ≤ 1/8 points (None with fewer than two negative minima there)
     seed: int
 
     def to_dict(self) -> dict:
@@ -58,7 +58,7 @@ def literal_confinement(seed: int = 0, n_steps_list=(4, 32, 64, 128, 256), T: fl
         dts.append(T / n)
         mins.append(float(model(u0, int(n)).min()))
     small = [(d, -m) for d, m in zip(dts, mins) if d <= 1 / 8 and m < 0]
-    slope = _slope(*zip(*small)) if len(small) >= 2 else float("nan")
+    slope = _slope(*zip(*small)) if len(small) >= 2 else None
     return Confinement(dt=dts, min_entry=mins, slope=slope, seed=seed)
 
 
