@@ -84,6 +84,16 @@ def test_controls_are_trainable():
     assert losses[-1] < 0.9 * losses[0]
 
 
+def test_dropout_follows_train_and_eval():
+    m = ContinuousTransformer(_cfg(dropout=0.5), n_controls=2, seed=0).double()
+    u0 = torch.randn(1, 6, 8, dtype=torch.float64)
+    m.eval()
+    assert torch.equal(m(u0), m(u0))
+    m.train()
+    torch.manual_seed(0)
+    assert not torch.equal(m(u0), m(u0))
+
+
 def _causal_gap(fn, n=6, d=8, k=3, seed=0):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(2, n, d, generator=gen, dtype=torch.float64)

@@ -172,8 +172,8 @@ class ContinuousTransformer(nn.Module):
     @torch.no_grad()
     def reset_controls(self, seed: int, weight_std: float | None = None, bias_std: float = 0.0,
                        sigma1: float = 0.0, sigma2: float = 1.0) -> None:
-        """Independent random control points: matrices ~ N(0, weight_std²) (default 1/fan_in, so that the
-        operators are O(1)), biases ~ N(0, bias_std²), norm gains 1 / σ2, shifts 0 / σ1 (constant in t)."""
+        """Independent random control points: matrices ~ N(0, weight_std²) (default weight_std = 1/√fan_in, so
+        that the operators are O(1)), biases ~ N(0, bias_std²), norm gains 1 / σ2, shifts 0 / σ1 (constant in t)."""
         gen = torch.Generator().manual_seed(seed)
         for name in self.names:
             p = self.controls[self._key(name)]
@@ -250,6 +250,8 @@ class ContinuousTransformer(nn.Module):
         kw = dict(dt=0.0, scheme="lie", norm_position=c.norm_position, residual=c.residual, skip=c.skip)
         kw.update(kwargs)
         runner = self._runner
+        if runner.training != self.training:  # the hidden template follows train() / eval() (dropout)
+            runner.train(self.training)
         # Put θ(t) into the template (what torch.func.functional_call does, without its per-call bookkeeping;
         # tied parameters, e.g. share_norms, live in one module and are set once).
         for name, value in self.controls_at(t).items():
