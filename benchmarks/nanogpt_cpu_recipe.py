@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--max-iters", type=int, default=None, help="shorter run for a smoke test")
+    ap.add_argument("--seed", type=int, default=None, help="run.seed (preset: 1337, nanoGPT's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,26 +42,30 @@ def main() -> None:
     cfg["run"].update(out_dir=args.out, progress=False)
     if args.max_iters:
         cfg["run"]["max_iters"] = args.max_iters
+    if args.seed is not None:
+        cfg["run"]["seed"] = args.seed
     out = Path(args.out)
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train(TrainConfig.from_dict(cfg))
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     report = {
         "benchmark": "nanogpt_cpu_recipe", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min_at_start": load,
         "best_val_loss": res.best_val_loss, "best_step": res.best_step, "final_val_loss": res.final_val_loss,
         "time_to_best_s": res.time_to_best, "train_wall_s": res.wall_time, "process_wall_s": total,
+        "process_cpu_s": cpu,  # with --threads 1 on a shared machine: about the wall time it would take alone
         "eval_curve": [(r["step"], r["val_loss"]) for r in evals], "nanogpt": NANOGPT,
         "loss_goal_met": res.best_val_loss <= 1.89, "time_ratio_vs_nanogpt": res.time_to_best / NANOGPT["wall_time_s"],
     }
     (ROOT / "benchmarks" / "out").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "out" / "nanogpt_cpu_recipe.json").write_text(json.dumps(report, indent=2))
+    report["seed"] = cfg["run"].get("seed", 1337)
+    (ROOT / "benchmarks" / "out" / f"nanogpt_cpu_recipe_seed{report['seed']}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"best val loss {res.best_val_loss:.4f} (whole val split, step {res.best_step}) vs nanoGPT "
           f"{NANOGPT['best_val_loss']}; time to best {res.time_to_best:.1f} s vs nanoGPT {NANOGPT['wall_time_s']:.0f} s "
