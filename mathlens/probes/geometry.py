@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mathlens.errors import MathlensError
-from mathlens.probes.neighbors import as_points, knn, resolve_dtype
+from mathlens.probes.neighbors import as_points, knn, knn_checked, resolve_dtype
 from mathlens.probes.trajectories import (
     CurvatureResult,
     DepthFlowResult,
@@ -161,7 +161,7 @@ class IntrinsicDimension:
         n = Xt.shape[0]
         if n < k + 1:
             raise MathlensError(f"{self.method} with k={k} needs at least {k + 1} points, got {n}")
-        d, i = knn(Xt, k, dtype=self.dtype, chunk_size=self.chunk_size)
+        d, i = knn_checked(Xt, k, dtype=self.dtype, chunk_size=self.chunk_size)
         self.distances_ = d.cpu().numpy()
         self.indices_ = i.cpu().numpy()
         self.n_points_, self.n_features_ = int(n), int(Xt.shape[1])
@@ -215,8 +215,8 @@ def neighbourhood_overlap(A, B, k: int = 10, *, device=None, dtype="float32") ->
     At, Bt = as_points(A, name="A", device=device), as_points(B, name="B", device=device)
     if At.shape[0] != Bt.shape[0]:
         raise MathlensError(f"A and B must hold the same points, got {At.shape[0]} and {Bt.shape[0]} rows")
-    _, ia = knn(At, k, dtype=dtype)
-    _, ib = knn(Bt, k, dtype=dtype)
+    _, ia = knn_checked(At, k, dtype=dtype)
+    _, ib = knn_checked(Bt, k, dtype=dtype)
     shared = (ia[:, :, None] == ib[:, None, :]).any(dim=2).sum(dim=1).to(torch.float64) / k
     n = At.shape[0]
     return OverlapResult(overlap=float(shared.mean()), std=float(shared.std(unbiased=False)), k=int(k),

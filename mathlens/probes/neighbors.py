@@ -10,16 +10,17 @@ is computed: block (I, J>=I) gives row candidates for the points of I *and* colu
 for the points of J, so the n^2 D multiply-adds are done once, not twice.
 
 Exactness. For each point the ``k + margin`` smallest float32 values are kept as candidates;
-their distances are then recomputed exactly in float64 as ||x_i - x_j||^2 and re-sorted. The
-float32 values carry a rounding error of at most
+all but the last are recomputed in float64 (same formula on the centred points: error ~1e-16
+of the squared norms) and re-sorted. The float32 values carry a rounding error of at most
 
     |s_ij - d_ij^2| <= c_err (||x_i||^2 + ||x_j||^2),   c_err = 2 gamma_D + 8 u,
     gamma_D = D u / (1 - D u),  u = unit roundoff of the working dtype
 
-(the standard dot-product bound, plus the additions), so every non-candidate j satisfies
-d_ij^2 >= s_(k+margin) - c_err (||x_i||^2 + max_j ||x_j||^2). A point whose exact k-th distance is
-below that bound is *certified*; the rare rest are recomputed against all points in float64.
-The result equals a brute-force float64 computation (up to the order of exact ties).
+(the standard dot-product bound, plus the additions), so every point j not refined satisfies
+d_ij^2 >= s_(k+margin) - c_err (||x_i||^2 + max_j ||x_j||^2). A point whose refined k-th distance
+is below that bound is *certified*; the rare rest (exact ties at the k-th place, e.g. several
+duplicates) are recomputed against all points in float64. The result equals a brute-force
+float64 computation (up to float64 rounding and the order of exact ties, broken by index).
 
 Self and duplicates. Each point is excluded from its own neighbours *by index*; other points at
 distance zero (duplicates) are kept as neighbours at distance 0. This is what scikit-learn's
@@ -75,9 +76,14 @@ def resolve_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        return 2.0**-11  # TensorFloat-32 matmul keeps 10 mantissa bits
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of the distance matmul; float32 may run as TF32 or bfloat16 if the user allowed it."""
+    if dtype == torch.float32:
+        precision = torch.get_float32_matmul_precision()
+        if precision == "medium":
+            return 2.0**-8  # bfloat16 inputs
+        if precision == "high" or (torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32):
+            return 2.0**-11  # TensorFloat-32 inputs (10 mantissa bits)
     return torch.finfo(dtype).eps / 2
 
 
@@ -160,10 +166,15 @@ def knn(X, k: int, *, dtype="float32", device=None, chunk_size: int | None = Non
     duplicates kept at distance 0), on ``device`` (default: X's device, CPU for arrays).
     ``dtype`` is the precision of the big matrix multiply ("float32" default, "float64");
     results are exact either way (see the module docstring). ``chunk_size`` rows per block
-    (default: blocks of at most 256 MiB). ``margin`` extra candidates per point (default
-    max(4, k // 2)).
+    (default 2048, fewer if a block would pass 256 MiB). ``margin`` extra candidates (default 3;
+    a point whose candidates cannot certify its k-th neighbour is recomputed in float64).
     """
-    Xd = as_points(X, device=device)
+    return knn_checked(as_points(X, device=device), k, dtype=dtype, chunk_size=chunk_size, margin=margin)
+
+
+def knn_checked(Xd: torch.Tensor, k: int, *, dtype="float32", chunk_size: int | None = None,
+                margin: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`knn` for points already checked by :func:`as_points` ((n, D) finite float64)."""
     n, D = Xd.shape
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise MathlensError(f"k must be a positive integer, got {k!r}")
@@ -185,7 +196,7 @@ def knn(X, k: int, *, dtype="float32", device=None, chunk_size: int | None = Non
     vals, idx = _candidates(Xw, sq, kk, chunk_size)
     if kk < n - 1:  # refine all candidates but the last; the last bounds every point not refined
         d2, nn = _refine(Xc, sq64, idx[:, :-1], k)
-        u = _unit_roundoff(wdtype, Xd.device)
+        u = _unit_roundoff(wdtype)
         gamma = D * u / (1 - D * u)
         tol = (2 * gamma + 8 * u) * (sq64 + sq64.max())
         bound = vals[:, -1].to(torch.float64) - tol
