@@ -6,11 +6,13 @@ wrong weight, transpose, scale or rotation (those give O(1e-2) differences). flo
 a few hundred operations).
 
 HF Llama computes RMSNorm and the RoPE angles in float32 even in a float64 model (a deliberate cast in
-``LlamaRMSNorm.forward`` / ``LlamaRotaryEmbedding.forward``), which limits stock-HF agreement to float32
-rounding (~1e-8 here). The float64 parity test therefore compares with HF whose two functions are replaced
-by the same formulas evaluated in the model's dtype (``faithful_llama``); the stock model is compared at
-float32-rounding tolerance.
+``LlamaRMSNorm.forward`` / ``LlamaRotaryEmbedding.forward``). ``from_hf`` reproduces those float32 islands
+(``GPTConfig.hf_numerics``), so a converted Llama matches stock HF to 1e-10 in float64; with ``hf_numerics``
+off it computes them in float64 and matches HF with the two functions evaluated in float64 (``faithful_llama``)
+instead — the two differ by float32 rounding (~1e-8).
 """
+
+import dataclasses
 
 import pytest
 import torch
@@ -92,7 +94,7 @@ def test_gpt2_parity_float64(tie):
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_llama_gqa_parity_float64(tie, faithful_llama):
+def test_llama_gqa_parity_float64(tie):
     hf = llama(tie=tie)
     gpt = from_hf(hf)
     c = gpt.config
@@ -101,16 +103,25 @@ def test_llama_gqa_parity_float64(tie, faithful_llama):
     assert max_diff(hf, gpt) <= 1e-10
 
 
-def test_llama_head_dim_and_biases_from_config(faithful_llama):
+def test_llama_head_dim_and_biases_from_config():
     hf = llama(head_dim=16, attention_bias=True, mlp_bias=True)  # H·head_dim = 64 ≠ hidden 32
     gpt = from_hf(hf)
     assert gpt.config.head_dim == 16 and gpt.config.bias
     assert max_diff(hf, gpt) <= 1e-10
 
 
-def test_llama_stock_hf_agrees_to_float32_rounding():
+def test_llama_without_hf_numerics_is_float64_throughout(faithful_llama):
+    """from_hf reproduces HF's float32 islands (hf_numerics); switched off, the converted model computes RMSNorm and
+    RoPE in float64 and equals HF with those two functions in float64 (faithful_llama) instead."""
     hf = llama()
-    assert max_diff(hf, from_hf(hf)) <= 1e-6  # HF's float32 RMSNorm/RoPE inside a float64 model
+    converted = from_hf(hf)
+    assert converted.config.hf_numerics
+    gpt = GPT(dataclasses.replace(converted.config, hf_numerics=False)).double().eval()
+    gpt.load_state_dict(converted.state_dict())
+    assert max_diff(hf, gpt) <= 1e-10
+    with torch.no_grad():
+        gap = float((gpt(tokens())[0] - converted(tokens())[0]).abs().max())
+    assert 1e-10 < gap < 1e-6  # the float32 islands: float32 rounding, nothing more
 
 
 @pytest.mark.parametrize("make", [gpt2, llama])

@@ -24,7 +24,7 @@ class FlowBlock(nn.Module):
         self.step_fn = STEPS[cfg.scheme]
 
         def norm():
-            return Norm(cfg.n_embd, cfg.norm, cfg.norm_affine, cfg.norm_eps, bias=cfg.bias)
+            return Norm(cfg.n_embd, cfg.norm, cfg.norm_affine, cfg.norm_eps, bias=cfg.bias, upcast=cfg.hf_numerics)
 
         self.norm_attn = norm()
         self.attn = Attention(cfg)

@@ -67,6 +67,7 @@ class FlowConfig:
     skip: bool = True
     dt: float = 1.0
     dropout: float = 0.0
+    hf_numerics: bool = False  # RMSNorm and RoPE angles in float32 whatever the dtype, like HF Llama
 
     def __post_init__(self):
         for f in ("n_embd", "n_head", "block_size"):

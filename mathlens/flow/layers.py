@@ -28,9 +28,11 @@ from mathlens.flow.operators import (
 class Norm(nn.Module):
     """P_{S1}: LayerNorm (``kind="layernorm"``) or RMSNorm (``"rmsnorm"``) or identity (``"none"``)."""
 
-    def __init__(self, d: int, kind: str = "layernorm", affine: str = "vector", eps: float = 1e-5, bias: bool = True):
+    def __init__(self, d: int, kind: str = "layernorm", affine: str = "vector", eps: float = 1e-5, bias: bool = True,
+                 upcast: bool = False):
         super().__init__()
         self.kind, self.affine, self.eps = kind, affine, eps
+        self.upcast = upcast  # RMSNorm in float32 and cast back (Hugging Face Llama's numerics)
         self.weight = self.bias = self.sigma1 = self.sigma2 = None
         if kind == "none":
             return
@@ -48,6 +50,9 @@ class Norm(nn.Module):
             return v
         if self.kind == "rmsnorm":
             sigma = 1.0 if self.sigma2 is None else self.sigma2
+            if self.upcast:
+                u = project_rms(v.float(), 1.0, self.eps).to(v.dtype)
+                return self.weight * u if self.weight is not None else u * sigma
             return project_rms(v, sigma, self.eps, self.weight)
         if self.affine == "scalar":
             return project_s1(v, self.sigma1, self.sigma2, self.eps)

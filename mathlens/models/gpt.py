@@ -62,14 +62,16 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
-        self.pos = Positional(c.positional, c.block_size, c.n_embd, c.head_dim, c.rope_theta)
+        self.pos = Positional(c.positional, c.block_size, c.n_embd, c.head_dim, c.rope_theta,
+                              angles_float32=c.hf_numerics)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(FlowBlock(c) for _ in range(c.n_layer))
         if c.positional == "alibi":
             slopes = alibi_slopes(c.n_head)
             for block in self.blocks:
                 block.attn.set_alibi(slopes)
-        self.ln_f = Norm(c.n_embd, c.norm if c.final_norm else "none", c.norm_affine, c.norm_eps, bias=c.bias)
+        self.ln_f = Norm(c.n_embd, c.norm if c.final_norm else "none", c.norm_affine, c.norm_eps, bias=c.bias,
+                         upcast=c.hf_numerics)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight

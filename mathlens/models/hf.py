@@ -85,7 +85,7 @@ def llama_config(hc) -> GPTConfig:
                      head_dim=head_dim, n_embd=hc.hidden_size, d_ff=hc.intermediate_size, activation="swiglu",
                      bias=bool(hc.attention_bias), norm="rmsnorm", norm_eps=hc.rms_norm_eps, positional="rope",
                      rope_theta=float(theta), tie_embeddings=bool(hc.tie_word_embeddings),
-                     dropout=float(hc.attention_dropout or 0.0))
+                     dropout=float(hc.attention_dropout or 0.0), hf_numerics=True)
 
 
 def _load_gpt2(gpt: GPT, hf) -> None:

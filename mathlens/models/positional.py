@@ -17,9 +17,11 @@ POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 class Positional(nn.Module):
     """``embed(T)`` -> (T, D) vector added to token embeddings or None; ``rope(T)`` -> (cos, sin) or None."""
 
-    def __init__(self, kind: str, block_size: int, n_embd: int, head_dim: int, rope_theta: float = 10000.0):
+    def __init__(self, kind: str, block_size: int, n_embd: int, head_dim: int, rope_theta: float = 10000.0,
+                 angles_float32: bool = False):
         super().__init__()
         self.kind = kind
+        self.angles_float32 = angles_float32  # RoPE angles in float32 even for float64 models (HF Llama)
         if kind == "learned":
             self.weight = nn.Parameter(torch.zeros(block_size, n_embd))
         elif kind == "sinusoidal":
@@ -39,10 +41,11 @@ class Positional(nn.Module):
         return None
 
     def rope(self, T: int, device, dtype) -> tuple[Tensor, Tensor] | None:
-        """(cos, sin) of shape (T, head_dim), computed in float32 (float64 for float64 models), as in HF Llama."""
+        """(cos, sin) of shape (T, head_dim), computed in float32 (in float64 for float64 models unless
+        ``angles_float32``, which reproduces Hugging Face Llama exactly), then cast to ``dtype``."""
         if self.kind != "rope":
             return None
-        work = torch.float64 if dtype == torch.float64 else torch.float32
+        work = torch.float64 if dtype == torch.float64 and not self.angles_float32 else torch.float32
         d = self.head_dim  # θ^(-2i/d) in float32 like HF, recomputed so that model.to(bf16) cannot round it
         inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
         t = torch.arange(T, device=device, dtype=work)
