@@ -19,7 +19,6 @@ from mathlens.probes.uncertainty import (
     plot_reliability,
     predictive_entropy,
     reliability_diagram,
-    sample_next,
     sampling_error_rate,
     semantic_entropy,
 )
@@ -112,16 +111,6 @@ def test_next_token_calibration_constant_model():
     assert res.accuracy == pytest.approx(0.7) and res.n_tokens == 40
     assert res.nll == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)), abs=1e-12)
     json.dumps(res.to_dict())
-
-
-def test_sample_next_frequencies():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.2])).expand(40000, 3)
-    for kw, expect in [({}, [0.5, 0.3, 0.2]), ({"top_k": 2}, [0.625, 0.375, 0.0]),
-                       ({"top_p": 0.6}, [0.625, 0.375, 0.0]), ({"temperature": 0.5}, [25 / 38, 9 / 38, 4 / 38])]:
-        freq = torch.bincount(sample_next(logits, generator=g, **kw), minlength=3).double() / 40000
-        assert freq.numpy() == pytest.approx(expect, abs=0.01), kw  # binomial sd <= 0.0025
-    assert torch.equal(sample_next(logits[:3], temperature=0), torch.zeros(3, dtype=torch.long))
 
 
 def test_sampling_error_rate_closed_form_and_seed():

@@ -19,13 +19,14 @@ import torch
 from scipy.stats import rankdata
 
 from mathlens.errors import MathlensError
+from mathlens.models.sampling import sample_next
 from mathlens.stats import CI, bootstrap_ci, ci_from_bootstrap, ols_slope
 
 __all__ = [
     "ReliabilityDiagram", "expected_calibration_error", "reliability_diagram", "ece_from_confidence",
     "classwise_ece", "plot_reliability", "auroc", "predictive_entropy", "margin", "semantic_entropy",
     "detector_auroc", "attention_entropy", "AttentionEntropy", "attention_entropy_vs_length",
-    "CalibrationResult", "next_token_calibration", "sample_next", "SamplingErrorResult",
+    "CalibrationResult", "next_token_calibration", "SamplingErrorResult",
     "sampling_error_rate", "EntropyGap", "likelihood_entropy_gap",
 ]
 
@@ -253,27 +254,6 @@ def next_token_calibration(model, batches: Iterable, n_bins: int = 15, n_boot: i
                              int(c.size), diagram, n_bins)
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample one token per row from logits: (B, vocab) -> (B,) int64. temperature 0 = greedy;
-    top-k keeps the k largest logits; top-p (nucleus) keeps the smallest set of tokens whose
-    probability reaches p (the most likely token always stays)."""
-    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-        raise MathlensError("need temperature >= 0, top_k >= 1 and 0 < top_p <= 1")
-    if temperature == 0:
-        return logits.argmax(-1)
-    z = logits.double() / temperature
-    if top_k is not None and top_k < z.shape[-1]:
-        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sz, order = torch.sort(z, dim=-1, descending=True)
-        p = torch.softmax(sz, dim=-1)
-        drop = (p.cumsum(-1) - p) >= top_p  # mass before this token already reaches top_p
-        z = z.scatter(-1, order, sz.masked_fill(drop, float("-inf")))
-    return torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).squeeze(-1)
-
-
 @dataclass
 class SamplingErrorResult:
     """Error rate of sampled answers at one decoding setting (CI by bootstrap over prompts)."""
@@ -312,7 +292,7 @@ def sampling_error_rate(model, prompts: torch.Tensor, answers: torch.Tensor, set
             x = prompts
             for _ in range(answers.shape[1]):
                 logits = model(x if block is None else x[:, -block:])[0][:, -1, :]
-                x = torch.cat([x, sample_next(logits, generator=g, **s)[:, None]], dim=1)
+                x = torch.cat([x, sample_next(logits, generator=g, **s)], dim=1)
             wrong += (x[:, prompts.shape[1]:] != answers).any(-1).double().cpu()
         per_prompt = (wrong / n_samples).numpy()
         results.append(SamplingErrorResult(float(s.get("temperature", 1.0)), s.get("top_k"), s.get("top_p"),
