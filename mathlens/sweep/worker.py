@@ -1,4 +1,5 @@
-"""One sweep point in its own process: ``python -m mathlens.sweep.worker POINT_JSON --threads K [--parent PID]``.
+"""One sweep point in its own process: ``python -m mathlens.sweep.worker POINT_JSON --threads K [--parent PID]``
+(or :func:`forked_main`, forked from a server that has imported torch once).
 
 Trains the point's config into its run directory, resuming from its latest checkpoint when there is one.
 The process dies with its parent (the sweep driver, or a Ray worker): on Linux through
@@ -18,8 +19,18 @@ import time
 from pathlib import Path
 
 
-def die_with_parent(parent: int) -> None:
-    """Exit when process ``parent`` is gone."""
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def die_with_parent(parent: int, driver: int | None = None) -> None:
+    """Exit when process ``parent`` is gone (or the sweep ``driver``, when the parent is a fork server)."""
     try:
         import ctypes
 
@@ -30,7 +41,7 @@ def die_with_parent(parent: int) -> None:
 
     def watch():
         while True:
-            if os.getppid() != parent:
+            if os.getppid() != parent or (driver is not None and _gone(driver)):
                 os._exit(137)
             time.sleep(0.5)
 
@@ -44,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("point", help="point.json of the point (its config names the run directory)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--parent", type=int, default=None, help="exit when this pid is gone")
+    ap.add_argument("--driver", type=int, default=None, help="exit when this pid (the sweep) is gone")
     args = ap.parse_args(argv)
     if args.parent:
-        die_with_parent(args.parent)
+        die_with_parent(args.parent, args.driver)
     import torch
 
     from mathlens.errors import MathlensError
@@ -67,6 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.steps} steps, final val loss {result.final_val_loss:.4f}, {result.wall_time:.1f} s",
           file=sys.stderr, flush=True)
     return 0
+
+
+def forked_main(point_json: str, threads: int, log_path: str, driver: int) -> None:
+    """Entry of a point forked from the sweep's fork server (torch already imported there): stdout and
+    stderr go to ``log_path``; the process dies with the sweep ``driver`` (pid) or the fork server."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:  # our copy would keep the server alive after the sweep dies
+        os.close(alive)
+        server._forkserver_alive_fd = None
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.exit(main([point_json, "--threads", str(threads), "--parent", str(os.getppid()), "--driver", str(driver)]))
 
 
 if __name__ == "__main__":
