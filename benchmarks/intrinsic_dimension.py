@@ -7,6 +7,7 @@ estimates are printed (they must agree within 1 %). JSON goes to benchmarks/out/
 
     python benchmarks/intrinsic_dimension.py --n 20000 --dim 768 --repeats 3
     python benchmarks/intrinsic_dimension.py --device cuda        # GPU path for mathlens
+    python benchmarks/intrinsic_dimension.py --threads 1          # both tools single-threaded
 
 BLAS: both tools run in this one process, so they see the same OPENBLAS_CORETYPE setting
 (printed); torch uses its own MKL, scikit-dimension NumPy/SciPy's OpenBLAS.
@@ -82,8 +83,15 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="twonn,mle")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both tools (torch, BLAS and OpenMP pools); default: all cores")
     p.add_argument("--out", default="benchmarks/out/intrinsic_dimension.json")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(limits=args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device available on this machine", file=sys.stderr)
         return 2
