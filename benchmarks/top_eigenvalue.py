@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--which", default="LA", choices=["LA", "LM"],
                     help="LA: largest eigenvalue (default); LM: largest magnitude, what power iteration converges to")
+    ap.add_argument("--power-tol", type=float, default=None,
+                    help="power iteration's tolerance (default --rtol, PyHessian's rule); tiny = run all 100 steps")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     args = ap.parse_args()
     if args.threads:
@@ -109,7 +111,8 @@ def main() -> int:
                 r = lanczos(op(), k=1, max_iter=100, tol=args.rtol, seed=seed, return_eigenvectors=False,
                             which=args.which)
             else:
-                r = power_iteration(op(), k=1, max_iter=100, tol=args.rtol, seed=seed)
+                r = power_iteration(op(), k=1, max_iter=100, seed=seed,
+                                    tol=args.rtol if args.power_tol is None else args.power_tol)
             wall = time.perf_counter() - t0
             err = abs(r.eigenvalues[0] - lam) / abs(lam)
             runs[name].append({"seed": seed, "hvps": r.n_matvecs, "wall_s": wall, "estimate": r.eigenvalues[0],
@@ -135,7 +138,9 @@ def main() -> int:
     print(f"median HVPs until within {args.rtol:g} (oracle): Lanczos {L['hvps_to_rtol_oracle']}, "
           f"power {P['hvps_to_rtol_oracle']} (ratio {ratio_oracle if ratio_oracle is None else round(ratio_oracle, 2)})")
     print(f"all runs within {args.rtol:g}: Lanczos {L['all_within_rtol']}, power {P['all_within_rtol']}")
-    out = Path(__file__).resolve().parent / "out" / f"top_eigenvalue_{args.device.replace(':', '')}_train{args.train_steps}_{args.which}.json"
+    name = f"top_eigenvalue_{args.device.replace(':', '')}_train{args.train_steps}_{args.which}"
+    name += "" if args.power_tol is None else "_ptol"
+    out = Path(__file__).resolve().parent / "out" / f"{name}.json"
     write_json(out, {"device": args.device, "which": args.which, "data": src, "train_steps": args.train_steps, "hvp": args.hvp,
                      "reference": {"lambda_max": lam, "hvps": ref.n_matvecs, "wall_s": t_ref},
                      "runs": runs, "summary": summary, "hvp_ratio_stopping_rule": ratio_stop,
