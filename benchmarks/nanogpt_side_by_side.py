@@ -1,0 +1,105 @@
+"""nanoGPT's own CPU recipe run on this machine, its checkpoint scored on the WHOLE val split — the peer of
+``benchmarks/nanogpt_cpu_recipe.py`` (same data, same split, same exact evaluator for both models).
+
+    python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT [--threads 1] [--ours benchmarks/out/nanogpt-char-cpu]
+
+Writes nanoGPT's ``data/shakespeare_char/{train,val}.bin, meta.pkl`` from the classic file exactly as its
+``prepare.py`` does (sorted characters, first 90 % train), runs ``train.py`` with the README's CPU flags,
+then loads ``out-shakespeare-char/ckpt.pt`` (``torch.load(weights_only=True)``: tensors and plain values only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mathlens.data.dataset import IGNORE_INDEX, TokenDataset  # noqa: E402
+from mathlens.train import load_run  # noqa: E402
+
+README_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+              "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+              "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def prepare(nanogpt: Path, text: str) -> TokenDataset:
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(len(text) * 0.9)
+    d = nanogpt / "data" / "shakespeare_char"
+    ids[:n].tofile(d / "train.bin")
+    ids[n:].tofile(d / "val.bin")
+    with open(d / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    return TokenDataset(ids, len(chars), n, name="tinyshakespeare (nanoGPT split)")
+
+
+@torch.no_grad()
+def exact_val_loss(forward, data: TokenDataset) -> float:
+    """Σ −log p over every val target once / n; ``forward(x, y) -> logits (B, T, V)``."""
+    total, count = 0.0, 0
+    for x, y in data.iter_eval_batches("val", 64, 64):
+        logits = forward(x, y)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="sum").item()
+        count += int((y != IGNORE_INDEX).sum())
+    return total / count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("nanogpt", type=Path)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
+    ap.add_argument("--skip-train", action="store_true", help="score an existing out-shakespeare-char/ckpt.pt")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = prepare(args.nanogpt, Path(args.data).read_text(encoding="utf-8"))
+    report = {"benchmark": "nanogpt_side_by_side", "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+              "load_avg_1min_at_start": os.getloadavg()[0]}
+    if not args.skip_train:
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_CPU],
+                              cwd=args.nanogpt, env=env, capture_output=True, text=True)
+        report["nanogpt_wall_s"] = time.perf_counter() - t0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        report["nanogpt_cpu_s"] = ru.ru_utime + ru.ru_stime
+        if proc.returncode:
+            sys.exit(proc.stderr[-2000:])
+        report["nanogpt_log_tail"] = proc.stdout.splitlines()[-3:]
+    sys.path.insert(0, str(args.nanogpt))
+    from model import GPT as NanoGPT  # noqa: E402
+    from model import GPTConfig as NanoConfig  # noqa: E402
+
+    ck = torch.load(args.nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu", weights_only=True)
+    nano = NanoGPT(NanoConfig(**ck["model_args"]))
+    nano.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
+    nano.eval()
+    report.update(nanogpt_iter=ck["iter_num"], nanogpt_own_estimate=float(ck["best_val_loss"]),
+                  nanogpt_exact_val_loss=exact_val_loss(lambda x, y: nano(x, y)[0], data))
+    if Path(args.ours).is_dir():
+        ours, _ = load_run(args.ours, "best")
+        report["mathlens_exact_val_loss_same_split"] = exact_val_loss(lambda x, y: ours(x)[0], data)
+    out = ROOT / "benchmarks" / "out" / "nanogpt_side_by_side.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
