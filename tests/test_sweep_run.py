@@ -151,7 +151,7 @@ def test_a_killed_sweep_resumes_from_checkpoints_and_completes(tmp_path):
         time.sleep(0.1)
     assert not (first / "result.json").exists()
     results = run_sweep(load_sweep(path), quiet=True)
-    assert [r["status"] for r in results.records] == ["done"] * 2
+    assert [r["status"] for r in results.records] == ["done"] * 2, [r["error"] for r in results.records]
     assert "resuming" in sessions(first)[-1] and len(sessions(first)) == 2
     assert all(len(sessions(sweep_dir / r["id"])) == 1 for r in results.records[1:])
     metrics = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
