@@ -127,6 +127,11 @@ class _Recorder:
         self.store, self.chunk, self.dtype, self.eager = store_device, chunk_rows, pattern_dtype, eager
         self.tensors: dict[str, Tensor] = {}
         self.scratch: dict[int, dict[str, Tensor]] = {}
+        self.all_heads = heads == list(range(adapter.n_head))
+
+    def _sel(self, t: Tensor) -> Tensor:
+        """The selected query heads of ``t: (B, H, ...)`` (no copy when all are selected)."""
+        return t if self.all_heads else t[:, self.heads]
 
     def _put(self, key: str, t: Tensor) -> None:
         self.tensors[key] = t.detach().to(self.store) if self.store is not None else t.detach()
@@ -146,7 +151,7 @@ class _Recorder:
             if name == "q":
                 s["q"] = t
             if name in self.want:
-                self._put(f"blocks.{i}.attn.hook_{name}", t[:, self.heads])
+                self._put(f"blocks.{i}.attn.hook_{name}", self._sel(t))
         elif name in ("k", "v"):
             if name == "k":
                 s["k"] = t
@@ -154,7 +159,7 @@ class _Recorder:
                 self._put(f"blocks.{i}.attn.hook_{name}", t)
         elif name == "pattern_eager":
             if "pattern" in self.want:
-                self._put(f"blocks.{i}.attn.hook_pattern", t[:, self.heads].to(self.dtype))
+                self._put(f"blocks.{i}.attn.hook_pattern", self._sel(t).to(self.dtype))
         elif name == "end":
             if "pattern" in self.want and not self.eager:
                 self._pattern(i, s)
@@ -165,10 +170,10 @@ class _Recorder:
         q, k = s["q"], s["k"]
         if fn is not None:  # the model's own function needs every head (ALiBi slopes are per head)
             P = attention_pattern(q, k, 0.0, self.a.causal, self.chunk, self.dtype, self.store, pattern_fn=fn)
-            P = P[:, self.heads]
+            P = self._sel(P)
         else:
             kv = [h // (self.a.n_head // self.a.n_kv_head) for h in self.heads]
-            P = attention_pattern(q[:, self.heads], k[:, kv], self.a.scale(i), self.a.causal, self.chunk,
+            P = attention_pattern(self._sel(q), k[:, kv], self.a.scale(i), self.a.causal, self.chunk,
                                   self.dtype, self.store)
         self.tensors[f"blocks.{i}.attn.hook_pattern"] = P
 
