@@ -39,9 +39,11 @@ TRACE_METHODS = ("hutchinson", "hutch++")
 
 
 def hessian_operator(model: nn.Module, loss_fn: Callable, batches: Iterable, hvp: str = "double_backward",
-                     math_attention: bool = True, fd_step: float | None = None) -> HessianOperator:
+                     math_attention: bool = True, fd_step: float | None = None,
+                     fd_scheme: str = "central") -> HessianOperator:
     """The Hessian of the mean loss at the model's current parameters as a linear operator."""
-    return HessianOperator(model, loss_fn, batches, method=hvp, math_attention=math_attention, fd_step=fd_step)
+    return HessianOperator(model, loss_fn, batches, method=hvp, math_attention=math_attention, fd_step=fd_step,
+                           fd_scheme=fd_scheme)
 
 
 def top_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Iterable, k: int = 1, method: str = "lanczos",
