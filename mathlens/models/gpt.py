@@ -116,7 +116,10 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
+            flat = logits.view(-1, logits.shape[-1])
+            if flat.dtype not in (torch.float32, torch.float64):  # bf16/fp16 logits: the loss in float32
+                flat = flat.float()
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
