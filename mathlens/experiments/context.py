@@ -60,10 +60,10 @@ class Context:
         return self.train_on(self.data(), seed, **kw)
 
     def train_on(self, data, seed: int, steps: int | None = None, optimizer: str = "adamw", lr: float | None = None,
-                 batch_size: int | None = None, tag: str = "corpus", **overrides):
+                 batch_size: int | None = None, tag: str = "corpus", callbacks=(), **overrides):
         """Train a GPT on ``data`` (a TokenDataset or synthetic task: anything with ``get_batch``) with
         :mod:`mathlens.train`; cached by its settings. Returns (model in eval mode, training result)."""
-        from mathlens.train import train_model
+        from mathlens.train.fit import train_model
 
         s = self.suite
         steps = steps or s.train_steps
@@ -74,7 +74,7 @@ class Context:
             name = f"{tag}-seed{seed}-{len(self._models):03d}"
             model, result = train_model(cfg, data, steps=steps, batch_size=batch_size or s.batch_size,
                                         lr=lr or s.lr, optimizer=optimizer, seed=seed, device=self.device,
-                                        out_dir=self.run_dir / "models" / name)
+                                        out_dir=self.run_dir / "models" / name, callbacks=callbacks)
             self._models[key] = (model.eval(), result)
         return self._models[key]
 

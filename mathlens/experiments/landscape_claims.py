@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mathlens.experiments.base import Experiment, Outcome, verdict_difference
-from mathlens.probes.curvature import hessian_trace, top_eigenvalues
+from mathlens.probes.curvature import CurvatureTracker, hessian_trace, top_eigenvalues
 from mathlens.probes.curvature.symmetry import symmetry_check
 
 FRAMEWORK = "Decoder-only LLM framework (abstract), claim 3"
@@ -24,43 +24,53 @@ class FlatMinima(Experiment):
     claim = "Pre-training converges to flat local minima."
     source = f"{FRAMEWORK}; Keskar et al. 2017; Dinh et al. 2017; da Silva et al. 2025"
     prediction = ("Keskar et al.: large-batch training ends sharper — λ_max of the Hessian (Lanczos) is larger after "
-                  "training with batch 128 than with batch 8 at the same number of steps and learning rate "
+                  "training with a large batch (suite: 64–512) than with a small one (8–16) at the same number of steps and "
+                  "learning rate "
                   "(difference > 0). Dinh et al.: λ_max changes under W_Q → W_Q R, W_K → W_K R⁻ᵀ while the loss does "
                   "not, so 'flat' needs an invariant measure.")
-    method = ("Per seed: train the suite's GPT with batch 8 and batch 128; on 2 fixed validation batches compute "
+    method = ("Per seed: train the suite's GPT with the suite's small and large batch; on 2 fixed validation batches compute "
               "λ_max (Lanczos on exact Hessian-vector products, math attention) and tr H (Hutchinson, 8 probes); "
-              "for seed 0, apply a random R (condition 10) per head and recompute loss and λ_max.")
-    groups = ("batch 8", "batch 128")
+              "for seed 0, λ_max every ~steps/5 through training (CurvatureTracker callback), and a random R "
+              "(condition 10) per head applied to recompute loss and λ_max.")
+    groups = ("small batch", "large batch")
     probes = ("curvature.top_eigenvalues", "curvature.hessian_trace", "curvature.symmetry_check")
 
     def run(self, ctx) -> Outcome:
-        lam = {8: [], 128: []}
-        tr = {8: [], 128: []}
-        loss = {8: [], 128: []}
+        small, large = ctx.suite.batch_small, ctx.suite.batch_large
+        lam, tr, loss = ({small: [], large: []} for _ in range(3))
         for seed in ctx.seeds:
             batches = [ctx.batch("val", 4242 + i, batch_size=8) for i in range(2)]
-            for bs in (8, 128):
+            for bs in (small, large):
                 model, _ = ctx.trained_gpt(seed, batch_size=bs)
                 lam[bs].append(float(top_eigenvalues(model, lm_loss, batches, k=1, seed=seed, max_iter=20,
                                                      tol=1e-3).eigenvalues[0]))
                 tr[bs].append(float(hessian_trace(model, lm_loss, batches, n_samples=8, seed=seed).trace))
                 loss[bs].append(ctx.eval_loss(model))
-        ci, verdict, rule = verdict_difference(lam[128], lam[8], ">", what="λ_max (batch 128 − batch 8)")
-        model, _ = ctx.trained_gpt(ctx.seeds[0], batch_size=8)
+        ci, verdict, rule = verdict_difference(lam[large], lam[small], ">", what=f"λ_max (batch {large} − batch {small})")
+        model, _ = ctx.trained_gpt(ctx.seeds[0], batch_size=small)
+        steps = ctx.suite.train_steps
+        tracker = CurvatureTracker(lm_loss, [ctx.batch("val", 4242, batch_size=8)], every=max(1, steps // 5), seed=0)
+        ctx.train_on(ctx.data(), ctx.seeds[0], batch_size=small, tag="tracked", callbacks=(tracker,))
+        track = [(h["step"], h["curvature/lambda_max"], h.get("curvature/two_over_lr")) for h in tracker.history]
         sym = symmetry_check(model, lm_loss, [ctx.batch("val", 4242, batch_size=8)], measures=("loss", "lambda_max"),
                              seed=0, lanczos_iter=20)
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-        ax[0].scatter(lam[8], loss[8], label="batch 8"), ax[0].scatter(lam[128], loss[128], marker="s", label="batch 128")
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+        ax[0].scatter(lam[small], loss[small], label=f"batch {small}")
+        ax[0].scatter(lam[large], loss[large], marker="s", label=f"batch {large}")
         ax[0].set_xlabel("λ_max"), ax[0].set_ylabel("validation loss"), ax[0].legend()
         ax[1].bar(["loss", "λ_max"], [sym.relative_change["loss"], sym.relative_change["lambda_max"]], color="#c05621")
         ax[1].set_yscale("symlog", linthresh=1e-8), ax[1].set_ylabel("relative change under W_Q R, W_K R⁻ᵀ")
+        ax[2].plot([t[0] for t in track], [t[1] for t in track], "o-", label="λ_max")
+        ax[2].set_xlabel("step (seed 0, small batch)"), ax[2].set_ylabel("λ_max through training"), ax[2].legend()
         fig.tight_layout()
-        return Outcome("λ_max, batch 128 − batch 8", ci, verdict, rule,
-                       groups={"λ_max batch 8": lam[8], "λ_max batch 128": lam[128], "trace batch 8": tr[8],
-                               "trace batch 128": tr[128], "val loss batch 8": loss[8], "val loss batch 128": loss[128]},
+        return Outcome(f"λ_max, batch {large} − batch {small}", ci, verdict, rule,
+                       groups={f"{name} batch {bs}": d[bs] for name, d in (("λ_max", lam), ("trace", tr), ("val loss", loss))
+                               for bs in (small, large)},
                        numbers={"relative change of loss under the symmetry": sym.relative_change["loss"],
                                 "relative change of λ_max under the symmetry": sym.relative_change["lambda_max"],
-                                "mean λ_max batch 8": float(np.mean(lam[8])), "mean λ_max batch 128": float(np.mean(lam[128]))},
+                                "λ_max through training (step, λ_max, 2/lr), seed 0": track,
+                                "mean λ_max small batch": float(np.mean(lam[small])),
+                                "mean λ_max large batch": float(np.mean(lam[large]))},
                        figure=ctx.save_figure(fig, self))
 
 

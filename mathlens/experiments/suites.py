@@ -19,6 +19,8 @@ class Suite:
     train_steps: int
     lr: float
     eval_batches: int
+    batch_small: int = 8  # claim 12: small- vs large-batch training
+    batch_large: int = 128
     device: str = "cpu"
     corpus: str = "tinyshakespeare"
     budget_s: int = 180
@@ -30,13 +32,14 @@ class Suite:
 SUITES = {
     # every experiment at the smallest useful scale: the test run uses it (≤ 3 min on 2 CPU cores)
     "quick": Suite("quick", (0, 1, 2), n_layer=2, n_embd=48, n_head=4, block_size=64, batch_size=16,
-                   train_steps=150, lr=3e-3, eval_batches=4, budget_s=180),
+                   train_steps=150, lr=3e-3, eval_batches=4, batch_large=64, budget_s=180),
     # `mathlens validate` with no arguments: ≤ 15 min on 2 CPU cores
     "default": Suite("default", (0, 1, 2, 3, 4), n_layer=3, n_embd=96, n_head=4, block_size=128, batch_size=24,
                      train_steps=500, lr=2e-3, eval_batches=8, budget_s=900),
     # larger models on one GPU (≤ 15 min on an H100)
     "gpu": Suite("gpu", (0, 1, 2, 3, 4), n_layer=6, n_embd=384, n_head=6, block_size=256, batch_size=64,
-                 train_steps=2000, lr=1e-3, eval_batches=20, device="cuda", budget_s=900),
+                 train_steps=2000, lr=1e-3, eval_batches=20, batch_small=16, batch_large=512, device="cuda",
+                 budget_s=900),
 }
 
 
