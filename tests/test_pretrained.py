@@ -72,7 +72,8 @@ def test_smollm2_attention_versus_random_init(tinyshakespeare_path):
     # trained attention is much sparser than at random init, where rows are near uniform (H ≈ log m)
     assert mean(s.random, "normalised_entropy") > 0.95
     assert mean(s.trained, "normalised_entropy") < mean(s.random, "normalised_entropy") - 0.2
-    assert mean(s.random, "stable_rank") < 2  # random init: near uniform and so near rank 1
+    # ... and near uniform means near rank one: low effective rank alone is no sign of training (prediction 16)
+    assert all(h.effective_rank_ratio < 0.25 for h in s.random.heads) and mean(s.random, "stable_rank") < 3
     assert all(ch.nw_max_residual < 1e-4 and ch.hull_max_violation < 1e-5 for ch in s.trained.kernel_checks.values())
     assert sum(m.verdict == "non-Mercer" for m in s.trained.mercer) == len(s.trained.mercer)
     assert math.isclose(s.settings["log_n"], math.log(512))
