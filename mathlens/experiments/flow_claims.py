@@ -170,7 +170,7 @@ class DepthConvergence(Experiment):
         for a, b in zip(model.blocks[:-1], model.blocks[1:]):
             for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
                 if p.dim() == 2:
-                    ch.append(float((q - p).norm() / p.norm()))
+                    ch.append((q - p).norm().item() / p.norm().item())
         return float(np.mean(ch)) if ch else float("nan")
 
 

@@ -11,7 +11,7 @@ from mathlens.data import AssociativeRecall, MarkovChain
 from mathlens.experiments.attention_claims import _summaries
 from mathlens.experiments.base import Experiment, Outcome, verdict_above, verdict_difference
 from mathlens.models.sampling import sample_next
-from mathlens.probes.uncertainty import expected_calibration_error
+from mathlens.probes.uncertainty import likelihood_entropy_gap, next_token_calibration
 from mathlens.stats import ols_slope
 
 NOTES = "Gradients-to-hallucinations notes (seeds/gradients-to-hallucinations.md)"
@@ -65,21 +65,22 @@ class LikelihoodNotTruth(Experiment):
                   "(gap > 0 nats/token): it assigns probability to continuations the source never makes; its "
                   "next-token ECE on the source is reported beside it.")
     method = ("Per seed: a sparse 16-state Markov chain (exact entropy rate), a GPT trained on its samples; "
-              "validation cross-entropy minus the entropy rate; ECE (15 bins) of next-token predictions.")
+              "validation cross-entropy minus the Bayes-optimal loss (the entropy rate, with the first position's "
+              "marginal entropy); ECE (15 bins) of next-token predictions.")
     groups = ("trained model", "Bayes-optimal predictor")
-    probes = ("uncertainty.expected_calibration_error",)
+    probes = ("uncertainty.likelihood_entropy_gap", "uncertainty.next_token_calibration")
 
     def run(self, ctx) -> Outcome:
         gaps, eces, rates = [], [], []
         for seed in ctx.seeds:
             task, model = _markov_model(ctx, seed)
-            x, y = task.get_batch("val", 32, seed=999 + seed, device=ctx.device)
+            batches = [task.get_batch("val", 16, seed=999 + seed + 7 * i, device=ctx.device) for i in range(16)]
             with torch.no_grad():
-                logits, loss = model(x, y)
-            probs = torch.softmax(logits.float(), -1).reshape(-1, logits.shape[-1]).cpu().numpy()
-            gaps.append(float(loss) - task.bayes_loss())
-            eces.append(float(expected_calibration_error(probs, y.reshape(-1).cpu().numpy(), n_bins=15)))
-            rates.append(task.entropy_rate())
+                gap = likelihood_entropy_gap(model, batches, task.bayes_loss(), n_boot=200, seed=seed)
+                cal = next_token_calibration(model, batches, n_bins=15, n_boot=200, seed=seed)
+            gaps.append(gap.gap.estimate)
+            eces.append(cal.ece.estimate)
+            rates.append(task.entropy_rate)
         ci, verdict, rule = verdict_above(gaps, 0.0, what="cross-entropy − Bayes loss (nats/token)")
         fig, ax = plt.subplots(figsize=(5, 3.4))
         ax.bar(np.arange(len(gaps)) - 0.2, np.array(gaps), 0.4, label="CE − Bayes loss")
