@@ -134,3 +134,26 @@ def test_likelihood_entropy_gap_uniform_model():
     assert r.gap.estimate == pytest.approx(math.log(V) - math.log(2), abs=1e-12)
     assert r.gap.low == pytest.approx(r.gap.high) and r.n_batches == 5
     json.dumps(r.to_dict())
+
+
+def test_retrieval_accuracy_matches_a_direct_count():
+    from mathlens.data import AssociativeRecall
+    from mathlens.probes.uncertainty import retrieval_accuracy
+
+    class Constant(torch.nn.Module):  # always predicts token `tok`
+        def __init__(self, vocab, tok):
+            super().__init__()
+            self.vocab, self.tok = vocab, tok
+
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, self.vocab)
+            logits[..., self.tok] = 1.0
+            return logits, None
+
+    tasks = {d: AssociativeRecall(block_size=32, n_pairs=4, n_keys=8, n_values=4, distance=d, seed=0) for d in (0, 20)}
+    task = tasks[0]
+    acc = retrieval_accuracy(Constant(task.vocab_size, task.n_keys), tasks, n_examples=200, batch_size=64, seed=3)
+    for d, t in tasks.items():
+        answers = t.eval_set("val", 200, 3)[:, -1]  # the value after the queried key
+        assert acc[d] == pytest.approx(float((answers == t.n_keys).mean()), abs=1e-12)
+        assert 0.05 < acc[d] < 0.5  # 4 values: about a quarter

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from mathlens.experiments.base import Experiment, Outcome, verdict_above, verdict_difference
 from mathlens.probes.attention import attention_summary
@@ -31,6 +32,44 @@ def _summaries(ctx, n_tokens=None):
     return cache[key]
 
 
+def smollm2_inputs(ctx, n_tokens: int = 256):
+    """(SmolLM2-135M, its tokens of the suite's corpus: (1, n_tokens)) when the optional extra is installed and the
+    suite is not ``quick``; else None. Cached on ctx."""
+    cache = ctx.__dict__.setdefault("_smollm2", {})
+    if "value" not in cache:
+        cache["value"] = None
+        if ctx.suite.name != "quick":
+            from mathlens.data import load_corpus
+            from mathlens.errors import MathlensError
+            from mathlens.pretrained import smollm2
+
+            try:
+                model, tok = smollm2(device=ctx.device)
+            except MathlensError as e:
+                ctx.log(f"  (SmolLM2 part skipped: {e})")
+            else:
+                ids = tok.encode(load_corpus(ctx.suite.corpus).text[20_000:40_000])[:n_tokens]
+                cache["value"] = (model, torch.tensor([ids], device=ctx.device))
+    return cache["value"]
+
+
+def smollm2_summary(ctx):
+    """attention_summary of SmolLM2-135M (with its random-init baseline) on the suite's corpus, or None."""
+    cache = ctx.__dict__.setdefault("_smollm2", {})
+    if "summary" not in cache:
+        inputs = smollm2_inputs(ctx)
+        cache["summary"] = attention_summary(inputs[0], inputs[1], seed=0) if inputs else None
+    return cache["summary"]
+
+
+def _smollm2_numbers(ctx, stats: tuple[str, ...]) -> dict:
+    s = smollm2_summary(ctx)
+    if s is None:
+        return {}
+    return {f"SmolLM2-135M {name}, {group}": _mean(getattr(s, attr), name)
+            for name in stats for group, attr in (("trained", "trained"), ("random init", "random"))}
+
+
 def _mean(stats, name):
     return float(np.mean([getattr(h, name) for h in stats.heads]))
 
@@ -46,7 +85,7 @@ class KernelSmoother(Experiment):
                   "the fraction of non-Mercer heads exceeds 0.5.")
     method = ("Train the suite's GPT on the corpus per seed; capture q, k, v and the per-head outputs on validation "
               "text; recompute the outputs by the Nadaraya–Watson formula; per head compute asym(M) and λ_min of "
-              "the symmetric part of M.")
+              "the symmetric part of M. With the smollm2 extra (not in the quick suite), the same on SmolLM2-135M.")
     groups = ("trained", "random init")
     probes = ("capture", "attention.kernel_smoother_check", "attention.mercer_test")
 
@@ -73,8 +112,19 @@ class KernelSmoother(Experiment):
         return Outcome("fraction of non-Mercer heads (trained)", ci, verdict, rule,
                        groups={"trained": frac, "random init": frac_rand},
                        numbers={"max Nadaraya–Watson residual": max(nw), "max convex-hull violation": max(hull),
-                                "mean asym(M), trained": float(np.mean(asym))},
+                                "mean asym(M), trained": float(np.mean(asym))} | self._smollm2(ctx),
                        figure=ctx.save_figure(fig, self))
+
+
+    @staticmethod
+    def _smollm2(ctx) -> dict:
+        s = smollm2_summary(ctx)
+        if s is None:
+            return {}
+        return {"SmolLM2-135M fraction of non-Mercer heads": float(np.mean([m.verdict == "non-Mercer"
+                                                                            for m in s.trained.mercer])),
+                "SmolLM2-135M max Nadaraya–Watson residual": max(c.nw_max_residual
+                                                                 for c in s.trained.kernel_checks.values())}
 
 
 class LowRank(Experiment):
@@ -86,7 +136,8 @@ class LowRank(Experiment):
                   "random initialisation on the same inputs (difference < 0), at every context length n tested.")
     method = ("Per seed: trained GPT vs the same architecture re-initialised; attention recomputed from captured "
               "Q/K in chunks; Roy–Vetterli effective rank and stable rank of each head's P, averaged over heads, "
-              "at n = T/4, T/2 and T.")
+              "at n = T/4, T/2 and T. With the smollm2 extra (not in the quick suite), SmolLM2-135M vs its random "
+              "init on 256 tokens, reported beside.")
     groups = ("trained", "random init")
     probes = ("capture", "attention.effective_rank", "attention.stable_rank")
 
@@ -107,7 +158,8 @@ class LowRank(Experiment):
                        numbers={f"erank/n trained at n={n}": float(np.mean(per_n[n][0])) for n in ns}
                        | {f"erank/n random at n={n}": float(np.mean(per_n[n][1])) for n in ns}
                        | {"stable rank trained (seed 0)": _mean(s0.trained, "stable_rank"),
-                          "stable rank random (seed 0)": _mean(s0.random, "stable_rank")},
+                          "stable rank random (seed 0)": _mean(s0.random, "stable_rank")}
+                       | _smollm2_numbers(ctx, ("effective_rank_ratio", "stable_rank", "energy_at_k")),
                        figure=ctx.save_figure(fig, self))
 
 
@@ -118,7 +170,8 @@ class Sparsity(Experiment):
     source = f"{FRAMEWORK}; THEORY §11.2 (2c)"
     prediction = ("The mean normalised row entropy H_i / log m_i (m_i visible keys) of trained heads is below that of "
                   "random initialisation (difference < 0); top-5 mass rises.")
-    method = "As claim 9; row entropy, top-k mass and Gini per head on validation text, averaged over heads."
+    method = ("As claim 9; row entropy, top-k mass and Gini per head on validation text, averaged over heads "
+              "(and on SmolLM2-135M with the smollm2 extra, outside the quick suite).")
     groups = ("trained", "random init")
     probes = ("capture", "attention.row_entropy", "attention.top_k_mass", "attention.gini")
 
@@ -140,7 +193,8 @@ class Sparsity(Experiment):
                        numbers={"top-5 mass trained": float(np.mean([_mean(s.trained, "top_k_mass") for s in S])),
                                 "top-5 mass random": float(np.mean([_mean(s.random, "top_k_mass") for s in S])),
                                 "Gini trained": float(np.mean([_mean(s.trained, "gini") for s in S])),
-                                "Gini random": float(np.mean([_mean(s.random, "gini") for s in S]))},
+                                "Gini random": float(np.mean([_mean(s.random, "gini") for s in S]))}
+                       | _smollm2_numbers(ctx, ("normalised_entropy", "top_k_mass", "gini")),
                        figure=ctx.save_figure(fig, self))
 
 

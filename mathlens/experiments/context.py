@@ -63,7 +63,7 @@ class Context:
                  batch_size: int | None = None, tag: str = "corpus", callbacks=(), **overrides):
         """Train a GPT on ``data`` (a TokenDataset or synthetic task: anything with ``get_batch``) with
         :mod:`mathlens.train`; cached by its settings. Returns (model in eval mode, training result)."""
-        from mathlens.train.fit import train_model
+        from mathlens.train import train_model
 
         s = self.suite
         steps = steps or s.train_steps

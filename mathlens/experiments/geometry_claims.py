@@ -58,7 +58,8 @@ class LatentGeometry(Experiment):
                   "the last layer more than in the same architecture at random initialisation "
                   "(difference of the changes, trained − random, < 0).")
     method = ("Per seed: trained GPT and its random-init twin on the same validation text; residual states after each "
-              "step; TwoNN ID of all token states per layer; curvature c_t = angle(x_{t+1} − x_t, x_{t+2} − x_{t+1}).")
+              "step; TwoNN ID of all token states per layer; curvature c_t = angle(x_{t+1} − x_{t}, x_{t+2} − x_{t+1}). "
+              "With the smollm2 extra (not in the quick suite), the same on SmolLM2-135M vs its random init.")
     groups = ("trained", "random init")
     probes = ("capture", "geometry.IntrinsicDimension", "geometry.trajectory_curvature")
 
@@ -89,8 +90,30 @@ class LatentGeometry(Experiment):
         fig.tight_layout()
         return Outcome("curvature change (trained − random)", ci, verdict, rule, groups=change,
                        numbers={"ID per layer, trained (seed 0)": ids["trained"],
-                                "ID per layer, random (seed 0)": ids["random init"], "width d": width},
+                                "ID per layer, random (seed 0)": ids["random init"], "width d": width}
+                       | self._smollm2(ctx),
                        figure=ctx.save_figure(fig, self))
+
+
+    @staticmethod
+    def _smollm2(ctx) -> dict:
+        """The same measurements on SmolLM2-135M and its random initialisation (when the extra is installed)."""
+        from mathlens.experiments.attention_claims import smollm2_inputs
+        from mathlens.probes.attention import random_init
+
+        inputs = smollm2_inputs(ctx)
+        if inputs is None:
+            return {}
+        model, idx = inputs
+        out = {}
+        for group, m in (("trained", model), ("random init", random_init(model, 0))):
+            states = [u.double() for u in capture(m, idx, what=("resid",)).resid_states()]
+            c = trajectory_curvature(states).mean_curvature
+            out[f"SmolLM2-135M curvature change last − first layer, {group}"] = float(c[-1] - c[1])
+            out[f"SmolLM2-135M TwoNN ID per layer, {group}"] = [
+                IntrinsicDimension("twonn").fit(u[0]).dimension_ for u in states[:: max(1, len(states) // 8)]]
+        out["SmolLM2-135M width d"] = int(states[0].shape[-1])
+        return out
 
 
 EXPERIMENTS = [Generalisation, LatentGeometry]

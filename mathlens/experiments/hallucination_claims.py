@@ -11,7 +11,7 @@ from mathlens.data import AssociativeRecall, MarkovChain
 from mathlens.experiments.attention_claims import _summaries
 from mathlens.experiments.base import Experiment, Outcome, verdict_above, verdict_difference
 from mathlens.models.sampling import sample_next
-from mathlens.probes.uncertainty import likelihood_entropy_gap, next_token_calibration
+from mathlens.probes.uncertainty import likelihood_entropy_gap, next_token_calibration, retrieval_accuracy
 from mathlens.stats import ols_slope
 
 NOTES = "Gradients-to-hallucinations notes (seeds/gradients-to-hallucinations.md)"
@@ -99,9 +99,10 @@ class AttentionDilution(Experiment):
     prediction = ("The mean attention row entropy of trained heads grows with log n (slope of H against log n > 0); "
                   "recall accuracy on associative recall falls with the distance between fact and query.")
     method = ("Per seed: trained GPT, mean row entropy at n = T/4, T/2, T, slope against log n; "
-              "for seed 0 also a GPT trained on associative recall, accuracy at short and long distances.")
+              "for seed 0 also a GPT trained on associative recall: accuracy against the distance between fact and "
+              "query and against the number of distractor pairs.")
     groups = ("n = T/4", "n = T/2", "n = T")
-    probes = ("attention.row_entropy", "data.AssociativeRecall")
+    probes = ("attention.row_entropy", "data.AssociativeRecall", "uncertainty.retrieval_accuracy")
 
     def run(self, ctx) -> Outcome:
         T = ctx.suite.block_size
@@ -109,33 +110,33 @@ class AttentionDilution(Experiment):
         H = np.array([[np.mean([h.entropy for h in s.trained.heads]) for s in _summaries(ctx, n)] for n in ns])
         slopes = [float(ols_slope(np.log(ns), H[:, j])) for j in range(H.shape[1])]
         ci, verdict, rule = verdict_above(slopes, 0.0, what="slope dH/dlog n")
-        near, far = self._recall(ctx)
+        by_distance, by_pairs = self._recall(ctx)
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
         ax[0].plot(np.log(ns), H.mean(1), "o-", label="trained (mean over seeds)")
         ax[0].plot(np.log(ns), np.log(ns) - 1, ":", color="gray", label="uniform (slope 1)")
         ax[0].set_xlabel("log n"), ax[0].set_ylabel("mean row entropy (nats)"), ax[0].legend()
-        ax[1].bar(["near", "far"], [near, far], color=["#2b6cb0", "#c05621"])
-        ax[1].set_ylabel("recall accuracy (seed 0)"), ax[1].set_ylim(0, 1)
+        ax[1].plot(list(by_distance), list(by_distance.values()), "o-", label="4 pairs, by distance")
+        ax[1].set_xlabel("distance fact → query (tokens)"), ax[1].set_ylabel("recall accuracy (seed 0)")
+        ax[1].set_ylim(0, 1.05), ax[1].legend()
         fig.tight_layout()
         return Outcome("slope of attention entropy vs log n", ci, verdict, rule,
                        groups={f"H at n={n}": H[i].tolist() for i, n in enumerate(ns)},
-                       numbers={"recall accuracy, distance ≤ 4": near, "recall accuracy, distance ≥ 16": far},
+                       numbers={f"recall accuracy at distance {d}": a for d, a in by_distance.items()}
+                       | {f"recall accuracy with {p} pairs": a for p, a in by_pairs.items()},
                        figure=ctx.save_figure(fig, self))
 
     def _recall(self, ctx):
+        """Seed 0: a GPT trained on associative recall (4 pairs, any distance); accuracy as the distance between
+        fact and query grows, and as the number of distractor pairs grows."""
         seed = ctx.seeds[0]
-        task = AssociativeRecall(block_size=32, n_pairs=4, n_keys=16, n_values=16, seed=seed)
-        model, _ = ctx.train_on(task, seed, steps=3 * ctx.suite.train_steps, tag="recall", block_size=32)
-        acc = {}
-        for name, dists in (("near", range(0, 5)), ("far", range(16, 23))):
-            hits = []
-            for d in dists:
-                t = AssociativeRecall(block_size=32, n_pairs=4, n_keys=16, n_values=16, distance=d, seed=seed)
-                x, y = t.get_batch("val", 64, seed=5 + d, device=ctx.device)
-                with torch.no_grad():
-                    hits.append(t.accuracy(model(x)[0], y))
-            acc[name] = float(np.mean(hits))
-        return acc["near"], acc["far"]
+        kw = dict(block_size=32, n_keys=16, n_values=16, seed=seed)
+        model, _ = ctx.train_on(AssociativeRecall(n_pairs=4, **kw), seed, steps=3 * ctx.suite.train_steps,
+                                tag="recall", block_size=32)
+        by_distance = retrieval_accuracy(model, {d: AssociativeRecall(n_pairs=4, distance=d, **kw) for d in (0, 8, 16, 22)},
+                                         n_examples=128, seed=5, device=ctx.device)
+        by_pairs = retrieval_accuracy(model, {p: AssociativeRecall(n_pairs=p, **kw) for p in (2, 4, 8)},
+                                      n_examples=128, seed=6, device=ctx.device)
+        return by_distance, by_pairs
 
 
 class SamplingRandomness(Experiment):

@@ -34,8 +34,8 @@ SUITES = {
     "quick": Suite("quick", (0, 1, 2), n_layer=2, n_embd=48, n_head=4, block_size=64, batch_size=16,
                    train_steps=150, lr=3e-3, eval_batches=4, batch_large=64, budget_s=180),
     # `mathlens validate` with no arguments: ≤ 15 min on 2 CPU cores
-    "default": Suite("default", (0, 1, 2, 3, 4), n_layer=3, n_embd=96, n_head=4, block_size=128, batch_size=24,
-                     train_steps=500, lr=2e-3, eval_batches=8, budget_s=900),
+    "default": Suite("default", (0, 1, 2), n_layer=3, n_embd=64, n_head=4, block_size=128, batch_size=16,
+                     train_steps=300, lr=2e-3, eval_batches=8, batch_large=64, budget_s=900),
     # larger models on one GPU (≤ 15 min on an H100)
     "gpu": Suite("gpu", (0, 1, 2, 3, 4), n_layer=6, n_embd=384, n_head=6, block_size=256, batch_size=64,
                  train_steps=2000, lr=1e-3, eval_batches=20, batch_small=16, batch_large=512, device="cuda",

@@ -27,7 +27,7 @@ __all__ = [
     "classwise_ece", "plot_reliability", "auroc", "predictive_entropy", "margin", "semantic_entropy",
     "detector_auroc", "attention_entropy", "AttentionEntropy", "attention_entropy_vs_length",
     "CalibrationResult", "next_token_calibration", "SamplingErrorResult",
-    "sampling_error_rate", "EntropyGap", "likelihood_entropy_gap",
+    "sampling_error_rate", "EntropyGap", "likelihood_entropy_gap", "retrieval_accuracy",
 ]
 
 
@@ -326,3 +326,19 @@ def likelihood_entropy_gap(model, batches: Iterable, entropy_rate: float, n_boot
     ci = bootstrap_ci(ce, n_boot=n_boot, seed=seed)
     gap = CI(ci.estimate - entropy_rate, ci.low - entropy_rate, ci.high - entropy_rate, ci.level, ci.n, ci.method)
     return EntropyGap(ci, float(entropy_rate), gap, int(ce.size))
+
+
+@torch.no_grad()
+def retrieval_accuracy(model, tasks: dict, n_examples: int = 256, batch_size: int = 64, seed: int = 0,
+                       device="cpu") -> dict:
+    """Accuracy on the answer positions of each task in ``tasks`` ({label: synthetic task}, e.g. associative
+    recall at growing distance or with more distractor pairs), on a fixed evaluation set of ``n_examples``
+    drawn with ``seed``: {label: accuracy}. The model must return ``(logits, loss)``."""
+    out = {}
+    for label, task in tasks.items():
+        hits, n = 0.0, 0
+        for x, y in task.iter_eval_batches("val", batch_size, n_examples=n_examples, seed=seed, device=device):
+            hits += task.accuracy(model(x)[0], y) * len(x)
+            n += len(x)
+        out[label] = hits / max(n, 1)
+    return out

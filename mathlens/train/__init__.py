@@ -7,6 +7,7 @@
 
 from mathlens.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mathlens.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from mathlens.train.fit import FitResult, train_model
 from mathlens.train.loop import TrainResult, train
 from mathlens.train.optim import lr_at, make_optimizer, param_groups
 from mathlens.train.presets import PRESETS, preset
@@ -14,7 +15,7 @@ from mathlens.train.rundir import RunLock, read_metrics
 from mathlens.train.sampling import load_run, sample_text
 
 __all__ = [
-    "Checkpoint", "DataConfig", "OptimConfig", "PRESETS", "RunConfig", "RunLock", "TrainConfig", "TrainResult",
+    "Checkpoint", "DataConfig", "FitResult", "OptimConfig", "PRESETS", "RunConfig", "RunLock", "TrainConfig", "TrainResult",
     "load_checkpoint", "load_run", "lr_at", "make_optimizer", "param_groups", "preset", "read_metrics",
-    "sample_text", "save_checkpoint", "train",
+    "sample_text", "save_checkpoint", "train", "train_model",
 ]
