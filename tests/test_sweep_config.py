@@ -169,3 +169,14 @@ def test_fit_chinchilla_on_sweep_columns_recovers_a_known_law():
     # noise-free data from the law itself: the fit returns its parameters (to optimiser tolerance)
     assert (fit.E, fit.alpha, fit.beta) == pytest.approx((E, a, b), rel=2e-2)
     assert fit.n_points == 16
+
+
+def test_the_shipped_example_sweep_expands_to_its_grid(tmp_path):
+    from pathlib import Path
+
+    from mathlens.sweep import expand, load_sweep
+
+    spec = load_sweep(Path(__file__).parents[1] / "examples" / "sweep-scaling.toml")
+    points = expand(spec, tmp_path / spec.name)
+    assert len(points) == 3 * 3 * 2 and len({p.id for p in points}) == 18
+    assert {p.values["model.n_embd"] for p in points} == {32, 64, 128}
