@@ -53,33 +53,6 @@ def _same_config(a: dict, b: dict) -> bool:
     return strip(a) == strip(b)
 
 
-def _zombie_or_dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a killed worker not yet reaped still answers kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def clear_stale_lock(run_dir: Path) -> None:
-    """Remove a point's run lock left by a killed worker that is dead or a zombie (the trainer's lock would
-    still see a zombie's pid as alive). The sweep lock guarantees no other sweep runs this point."""
-    from mathlens.train.rundir import LOCK
-
-    lock = run_dir / LOCK
-    try:
-        pid = int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    if _zombie_or_dead(pid):
-        lock.unlink(missing_ok=True)
-
-
 def prepare(points: list[Point], sweep_dir: Path) -> tuple[list[Point], list[Point]]:
     """Write each point's ``point.json``; split into (finished, to run). A point directory holding a
     different config is an error (the sweep file changed under the same id)."""
@@ -96,7 +69,6 @@ def prepare(points: list[Point], sweep_dir: Path) -> tuple[list[Point], list[Poi
                                     f"changed: choose another sweep.name / --out, or remove that directory")
         else:
             write_json(path, p.to_dict())
-        clear_stale_lock(p.run_dir)
         done = finished_result(p.run_dir, p.config["run"]["max_iters"])
         (finished if done is not None else todo).append(p)
     return finished, todo

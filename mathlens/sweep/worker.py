@@ -18,15 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+from mathlens.train.rundir import pid_alive
 
 
 def die_with_parent(parent: int, driver: int | None = None) -> None:
@@ -41,7 +33,7 @@ def die_with_parent(parent: int, driver: int | None = None) -> None:
 
     def watch():
         while True:
-            if os.getppid() != parent or (driver is not None and _gone(driver)):
+            if os.getppid() != parent or (driver is not None and not pid_alive(driver)):
                 os._exit(137)
             time.sleep(0.5)
 

@@ -21,7 +21,8 @@ LOCK = ".lock"
 METRICS = "metrics.jsonl"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (exited, not yet reaped)."""
     if pid <= 0:
         return False
     try:
@@ -50,7 +51,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid = self.owner()
-                if pid is not None and _pid_alive(pid):
+                if pid is not None and pid_alive(pid):
                     raise MathlensError(
                         f"run directory {self.path.parent} is in use by a live run (pid {pid}); "
                         f"wait for it, or remove {self.path} if that process is not a mathlens run"

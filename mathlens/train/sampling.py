@@ -10,6 +10,7 @@ import torch
 from mathlens.data.tokenizers import load_tokenizer
 from mathlens.errors import MathlensError
 from mathlens.models.gpt import GPT, GPTConfig
+from mathlens.models.sampling import check_sampling
 from mathlens.train.checkpoint import load_checkpoint
 
 CKPT_DIR = "checkpoints"
@@ -37,12 +38,7 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu
 def sample_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
     """The prompt followed by ``max_new_tokens`` sampled tokens, decoded. Same ``seed`` -> same text."""
-    if temperature < 0:
-        raise MathlensError(f"temperature = {temperature} is invalid (must be ≥ 0)")
-    if top_k is not None and top_k < 1:
-        raise MathlensError(f"top_k = {top_k} is invalid (must be ≥ 1)")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MathlensError(f"top_p = {top_p} is invalid (must be in (0, 1])")
+    check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise MathlensError(f"max_new_tokens = {max_new_tokens} is invalid (must be ≥ 0)")
     ids = tokenizer.encode(prompt) if prompt else []
