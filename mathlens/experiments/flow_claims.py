@@ -105,7 +105,7 @@ class LayerNormProjection(Experiment):
                 d_formula = project_s1_distance(v, s1, s2)
                 worst = max(worst, float(((d_true - d_formula).abs() / d_formula.clamp_min(1e-12)).max()))
                 if i == 0:
-                    closer += self._random_points_closer(v[0, :16], d_true[0, :16], s1, s2, seed)
+                    closer += self._random_points_closer(v[0, :16].cpu(), d_true[0, :16].cpu(), s1, s2, seed)
             errs.append(worst)
         ci, verdict, rule = verdict_below(errs, 1e-4, what="relative error of the distance formula")
         if closer:
