@@ -20,7 +20,7 @@ FRAMEWORK = "Decoder-only LLM framework (abstract), claim 2"
 
 def _summaries(ctx, n_tokens=None):
     """attention_summary of the trained model of each seed (with its random-init baseline), cached on ctx."""
-    cache = ctx.__dict__.setdefault("_attention_summaries", {})
+    cache = ctx.cache.setdefault("attention_summaries", {})
     key = n_tokens or ctx.suite.block_size
     if key not in cache:
         out = []
@@ -35,7 +35,7 @@ def _summaries(ctx, n_tokens=None):
 def smollm2_inputs(ctx, n_tokens: int = 256):
     """(SmolLM2-135M, its tokens of the suite's corpus: (1, n_tokens)) when the optional extra is installed and the
     suite is not ``quick``; else None. Cached on ctx."""
-    cache = ctx.__dict__.setdefault("_smollm2", {})
+    cache = ctx.cache.setdefault("smollm2", {})
     if "value" not in cache:
         cache["value"] = None
         if ctx.suite.name != "quick":
@@ -55,7 +55,7 @@ def smollm2_inputs(ctx, n_tokens: int = 256):
 
 def smollm2_summary(ctx):
     """attention_summary of SmolLM2-135M (with its random-init baseline) on the suite's corpus, or None."""
-    cache = ctx.__dict__.setdefault("_smollm2", {})
+    cache = ctx.cache.setdefault("smollm2", {})
     if "summary" not in cache:
         inputs = smollm2_inputs(ctx)
         cache["summary"] = attention_summary(inputs[0], inputs[1], seed=0) if inputs else None

@@ -24,6 +24,7 @@ class Context:
         self.log = log
         self._data = None
         self._models: dict = {}
+        self.cache: dict = {}  # results shared by several experiments of this run (e.g. attention summaries)
 
     @property
     def seeds(self) -> tuple[int, ...]:
