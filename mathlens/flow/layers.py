@@ -20,6 +20,7 @@ from mathlens.flow.operators import (
     apply_rope,
     attention_kernel,
     attention_weights,
+    euler,
     project_rms,
     project_s1,
 )
@@ -175,7 +176,7 @@ class FeedForward(nn.Module):
     def step(self, u: Tensor, dt: float = 1.0) -> Tensor:
         """The state after the FFN substeps: u + dt 𝓕(u) (standard) or the paper's identity chain."""
         if self.form == "standard":
-            return u + dt * self(u)
+            return euler(u, self(u), dt)
         h = self.act(u + dt * self._linear(self.w_in, "b_in_token", u))
         h = self.hook_hidden(h)
         h = h + dt * self._linear(self.w_out, "b_out_token", h)

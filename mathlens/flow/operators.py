@@ -130,6 +130,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+def euler(u: Tensor, f: Tensor, dt: float) -> Tensor:
+    """The explicit Euler update ``u + dt·f``; at ``dt = 1`` exactly ``u + f`` (no multiply to run or differentiate)."""
+    return u + f if dt == 1 else u + dt * f
+
+
 ACTIVATIONS = {
     "relu": project_s2,
     "gelu": F.gelu,

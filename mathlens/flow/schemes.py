@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from mathlens.flow.operators import euler
+
 
 def _identity_hook(name: str, x: Tensor) -> Tensor:
     return x
@@ -34,7 +36,7 @@ def attention_substep(u: Tensor, ops, dt: float, skip: bool) -> Tensor:
     if skip and solver is not None:
         return solver(u, dt)
     a = ops.attention(u)
-    return u + dt * a if skip else dt * a
+    return euler(u, a, dt) if skip else dt * a
 
 
 def feed_forward_substeps(u: Tensor, ops, dt: float, skip: bool, pre: bool = False) -> Tensor:
@@ -58,9 +60,9 @@ def lie_step(u: Tensor, ops, dt: float = 1.0, norm_position: str = "post", resid
     """One Lie (sequential) splitting step. u: (B, T, D) -> (B, T, D)."""
     if norm_position == "pre":
         a = ops.attention(ops.norm_attn(u))
-        u = hook("resid_mid", u + dt * a if skip else dt * a)
+        u = hook("resid_mid", euler(u, a, dt) if skip else dt * a)
         f = ops.feed_forward(ops.norm_ffn(u))
-        return u + dt * f if skip else dt * f
+        return euler(u, f, dt) if skip else dt * f
     u = hook("attn_step", attention_substep(u, ops, dt, skip))
     u = hook("resid_mid", ops.norm_attn(u))  # substep 2, eq. (14): projection onto S1
     y = hook("ffn_step", feed_forward_substeps(u, ops, dt, skip))
@@ -72,7 +74,7 @@ def strang_step(u: Tensor, ops, dt: float = 1.0, norm_position: str = "post", re
     """One Strang–Marchuk (Macaron) step: 𝓕 for dt/2, 𝒜 for dt, 𝓕 for dt/2."""
     if norm_position == "pre":
         u = u + 0.5 * dt * ops.feed_forward_pre(ops.norm_pre(u))
-        u = hook("resid_mid", u + dt * ops.attention(ops.norm_attn(u)))
+        u = hook("resid_mid", euler(u, ops.attention(ops.norm_attn(u)), dt))
         return u + 0.5 * dt * ops.feed_forward(ops.norm_ffn(u))
     y = feed_forward_substeps(u, ops, 0.5 * dt, skip, pre=True)
     u = ops.norm_pre(combine(u, y, residual))
