@@ -2,6 +2,13 @@
 ``benchmarks/nanogpt_cpu_recipe.py`` (same data, same split, same exact evaluator for both models).
 
     python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT [--threads 1] [--ours benchmarks/out/nanogpt-char-cpu]
+    python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT --repeats 3 --threads 0
+
+``--repeats R``: time to quality side by side — R alternating pairs of whole processes, nanoGPT's
+``train.py`` (README CPU flags) then ``mathlens train --preset nanogpt-char-cpu --eval-iters 20`` (the same
+20-batch periodic evaluations; mathlens re-scores its best checkpoint on the whole split at the end, inside
+its timed process), each timed from launch to exit; medians and the median of paired ratios. ``--threads 0``
+leaves both at torch's default thread count.
 
 Writes nanoGPT's ``data/shakespeare_char/{train,val}.bin, meta.pkl`` from the classic file exactly as its
 ``prepare.py`` does (sorted characters, first 90 % train), runs ``train.py`` with the README's CPU flags,
@@ -60,6 +67,49 @@ def exact_val_loss(forward, data: TokenDataset) -> float:
     return total / count
 
 
+def run_nanogpt(nanogpt: Path, env: dict) -> tuple[float, list[str]]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_CPU],
+                          cwd=nanogpt, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(proc.stderr[-2000:])
+    return wall, proc.stdout.splitlines()[-3:]
+
+
+def run_ours(data: str, out: Path, env: dict) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(Path(sys.executable).parent / "mathlens"), "train", "--preset", "nanogpt-char-cpu", "--data", data,
+                           "--out", str(out), "--eval-iters", "20", "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(proc.stderr[-2000:])
+    return wall, json.loads((out / "result.json").read_text())
+
+
+def side_by_side(args, env: dict) -> dict:
+    """``args.repeats`` alternating (nanoGPT, mathlens) pairs of whole training processes."""
+    import shutil
+    import statistics
+
+    nano, ours, runs = [], [], []
+    for r in range(args.repeats):
+        out = ROOT / "benchmarks" / "out" / "side-by-side-ours"
+        shutil.rmtree(out, ignore_errors=True)
+        tn, tail = run_nanogpt(args.nanogpt, env)
+        to, res = run_ours(args.data, out, env)
+        nano.append(tn)
+        ours.append(to)
+        runs.append({"repeat": r, "nanogpt_process_s": tn, "nanogpt_log_tail": tail, "mathlens_process_s": to,
+                     "mathlens_best_val_loss_exact": res["best_val_loss"], "mathlens_best_step": res["best_step"],
+                     "mathlens_time_to_best_s": res["time_to_best"]})
+        print(f"pair {r}: nanoGPT {tn:.1f} s, mathlens {to:.1f} s (best {res['best_val_loss']:.4f})", flush=True)
+    return {"runs": runs, "median_nanogpt_process_s": statistics.median(nano),
+            "median_mathlens_process_s": statistics.median(ours),
+            "median_paired_ratio_mathlens_over_nanogpt": statistics.median(o / n for o, n in zip(ours, nano))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("nanogpt", type=Path)
@@ -67,22 +117,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
     ap.add_argument("--skip-train", action="store_true", help="score an existing out-shakespeare-char/ckpt.pt")
+    ap.add_argument("--repeats", type=int, default=0, help="alternating timed pairs of whole runs (see above)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = prepare(args.nanogpt, Path(args.data).read_text(encoding="utf-8"))
     report = {"benchmark": "nanogpt_side_by_side", "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
               "load_avg_1min_at_start": os.getloadavg()[0]}
-    if not args.skip_train:
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_CPU],
-                              cwd=args.nanogpt, env=env, capture_output=True, text=True)
-        report["nanogpt_wall_s"] = time.perf_counter() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
+    if args.repeats:
+        report.update(side_by_side(args, env))
+        args.ours = str(ROOT / "benchmarks" / "out" / "side-by-side-ours")
+    elif not args.skip_train:
+        report["nanogpt_wall_s"], report["nanogpt_log_tail"] = run_nanogpt(args.nanogpt, env)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         report["nanogpt_cpu_s"] = ru.ru_utime + ru.ru_stime
-        if proc.returncode:
-            sys.exit(proc.stderr[-2000:])
-        report["nanogpt_log_tail"] = proc.stdout.splitlines()[-3:]
     sys.path.insert(0, str(args.nanogpt))
     from model import GPT as NanoGPT  # noqa: E402
     from model import GPTConfig as NanoConfig  # noqa: E402

@@ -105,7 +105,8 @@ class RunConfig:
     max_iters: int = 2000
     eval_interval: int = 250
     eval_iters: int = 0  # 0 -> every evaluation covers the whole val split; k > 0 -> k random batches
-    eval_batch_size: int | None = None  # None -> max(64, data.batch_size)
+    eval_batch_size: int | None = None  # None -> max(64, data.batch_size) for whole-split evaluations, data.batch_size
+    #                                     for eval_iters random batches (nanoGPT's estimate_loss)
     eval_at_start: bool = True
     checkpoint_interval: int | None = None  # None -> eval_interval
     log_interval: int = 10

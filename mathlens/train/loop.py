@@ -128,11 +128,11 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
 
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     tb = _tensorboard(run_dir) if (r.tensorboard and dinfo.is_main) else None
-    eval_bs = r.eval_batch_size or max(64, d.batch_size)
     ckpt_every = r.checkpoint_interval or r.eval_interval
 
     def run_eval(s: int, exact: bool = False) -> float:
         iters = 0 if exact else r.eval_iters
+        eval_bs = r.eval_batch_size or (max(64, d.batch_size) if iters == 0 else d.batch_size)
         return evaluate(fwd if dinfo.world == 1 else raw, data, "val", d.block_size, eval_bs, device, autocast,
                         dinfo, iters, seed=r.seed + s)
 
