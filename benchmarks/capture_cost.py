@@ -10,9 +10,11 @@ Workloads (alternating, ``--repeats`` times each, median):
   rank-collapse profile (no Mercer test, no Nadaraya–Watson check: those are one-off diagnostics);
 * ``stats+checks``: the same with the Mercer test and the Nadaraya–Watson / convex-hull check.
 
-Goal: ``stats`` ≤ 1.5× ``forward``. Shapes: ``small`` (4 layers, 128 wide, 4 heads, T=128, B=32) and
+Goal: ``stats`` ≤ 1.5× ``forward``. Shapes: ``cpu-preset`` (the ``nanogpt-char-cpu`` preset: 4 layers,
+128 wide, 4 heads, T=64, B=12; the goal's CPU shape), ``small`` (the same model at T=128, B=32) and
 ``gpt2`` (GPT-2-124M: 12 layers, 768 wide, 12 heads, T=1024, B=8; meant for ``--device cuda``).
 
+    python benchmarks/capture_cost.py --shape cpu-preset --pattern-dtype float32
     python benchmarks/capture_cost.py --shape small --device cpu
     python benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32
 """
@@ -32,6 +34,8 @@ from mathlens.io import write_json
 from mathlens.probes.attention import model_attention
 
 SHAPES = {
+    # the nanogpt-char-cpu preset: the issue's "small CPU preset" (bias-free, tied, 4 × 128, T=64, B=12)
+    "cpu-preset": dict(cfg=dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False), B=12, T=64),
     "small": dict(cfg=dict(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128), B=32, T=128),
     "gpt2": dict(cfg=dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768), B=8, T=1024),
 }
@@ -53,7 +57,7 @@ def _time(fn, device: str) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="cpu-preset")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spectral-batch", type=int, default=1)

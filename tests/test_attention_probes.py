@@ -120,3 +120,21 @@ def test_mercer_verdicts():
     gen = mercer_test(W, A)
     assert gen.verdict == "non-Mercer" and gen.asym > 0.1 and gen.lambda_min < 0 < gen.lambda_max
     assert mercer_test(torch.eye(4), -torch.eye(4).flip(0)).asym == pytest.approx(0.0)  # M = −J symmetric
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_sorted_row_statistics_equal_top_k_mass_and_gini(n):
+    """One sort (NumPy on the CPU) gives exactly the per-row top-k mass and Gini."""
+    g = torch.Generator().manual_seed(n)
+    S = 3 * torch.randn(3, 2, n, n, dtype=torch.float64, generator=g)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    P = torch.softmax(S.masked_fill(~causal, float("-inf")), -1)
+    P[0, 0, -1] = torch.nn.functional.one_hot(torch.tensor(0), n).double()  # a one-hot row
+    for k in (1, 3, 100):
+        mass, gi = st.sorted_row_statistics(P, k, causal=True)
+        assert torch.allclose(mass, st.top_k_mass(P, k), atol=1e-14, rtol=0)
+        assert torch.allclose(gi, st.gini(P, causal=True), atol=1e-14, rtol=0)
+    Q = torch.softmax(S, -1)
+    mass, gi = st.sorted_row_statistics(Q, 2, causal=False)
+    assert torch.allclose(mass, st.top_k_mass(Q, 2), atol=1e-14, rtol=0)
+    assert torch.allclose(gi, st.gini(Q, causal=False), atol=1e-14, rtol=0)

@@ -163,3 +163,22 @@ def test_attention_summary_with_random_baseline_and_figures(idx):
     for fig in (plot_layer_profiles(s), plot_head_heatmap(s, "gini"), plot_spectra(P, labels=list("abcd"))):
         assert isinstance(fig, matplotlib.figure.Figure)
         matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("make", [_gpt, lambda: _gpt("rope", 2), _gpt2])
+def test_layers_batched_statistics_equal_one_layer_at_a_time(make, idx):
+    """model_attention computes several layers' statistics side by side; the numbers are those of one layer
+    at a time (max_elements=1 forces that) and of head_statistics on each captured pattern."""
+    from mathlens.probes.attention import head_statistics, model_attention
+
+    model = make()
+    kw = dict(kernel_checks=False, mercer=False, spectral_batch=1)
+    together, alone = model_attention(model, idx, **kw), model_attention(model, idx, max_elements=1, **kw)
+    c = capture(model, idx, what=("pattern",))
+    direct = [h for i in c.layers for h in head_statistics(c[f"blocks.{i}.attn.hook_pattern"], i, spectral_batch=1)]
+    assert [(h.layer, h.head) for h in together.heads] == [(h.layer, h.head) for h in direct]
+    for a, b, d in zip(together.heads, alone.heads, direct):
+        for key in ("entropy", "normalised_entropy", "top_k_mass", "gini", "frac_above_tau", "effective_rank",
+                    "stable_rank", "rank_for_eps", "energy_at_k"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12, abs=1e-12), key
+            assert getattr(a, key) == pytest.approx(getattr(d, key), rel=1e-12, abs=1e-12), key

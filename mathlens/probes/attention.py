@@ -74,44 +74,48 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     """
     if P.dim() != 4 or P.shape[-1] != P.shape[-2]:
         raise MathlensError(f"P must have shape (batch, heads, n, n), got {tuple(P.shape)}")
+    heads = list(range(P.shape[1])) if heads is None else list(heads)
+    return _head_stats(P, [(layer, h) for h in heads], causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
+
+
+def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: int, tau: float, eps: float,
+                energy_k: int | None, spectral_batch: int | None, row_batch: int | None) -> list[HeadStats]:
+    """:func:`head_statistics` of ``P: (B, h, n, n)`` whose head ``j`` is ``labels[j] = (layer, head)``:
+    every statistic is one batched op over all ``h`` columns (heads of several layers at once)."""
     B, h, n, _ = P.shape
-    heads = list(range(h)) if heads is None else list(heads)
     energy_k = max(1, n // 4) if energy_k is None else min(int(energy_k), n)
-    rows = st.visible_counts(n, causal, P.device) >= 2  # (n,)
-    if not bool(rows.any()):
+    if n < 2:
         raise MathlensError("attention statistics need at least two visible keys (n >= 2)")
     if not P.is_floating_point():
         raise MathlensError(f"P must be floating point, got {P.dtype}")
+    first = 1 if causal else 0  # the rows with at least two visible keys: a causal row 0 sees only itself
 
     def rowmean(x: Tensor) -> Tensor:  # (B, h, n) -> (h,)
-        return x[..., rows].to(torch.float64).mean(dim=(0, 2))
+        return x[..., first:].mean(dim=(0, 2), dtype=torch.float64)
 
     R = P[: row_batch or B]
     H = st.row_entropy(R)
-    logm = torch.log(st.visible_counts(n, causal, P.device).to(torch.float64))[rows].mean()
-    xs = torch.sort(R, dim=-1).values  # one sort serves top-k mass and Gini
+    logm = float(torch.log(st.visible_counts(n, causal).to(torch.float64))[first:].mean())
+    mass, g = st.sorted_row_statistics(R, top_k, causal)  # one sort serves top-k mass and Gini
     stats = {
         "entropy": rowmean(H),
         "normalised_entropy": rowmean(st.normalised_entropy(R, causal, H)),
-        "top_k_mass": rowmean(xs[..., n - min(top_k, n):].sum(-1)),
-        "gini": rowmean(st.gini(R, causal, sorted_rows=xs)),
+        "top_k_mass": rowmean(mass),
+        "gini": rowmean(g),
         "frac_above_tau": rowmean(st.fraction_above(R, tau, causal)),
     }
-    S = P[: spectral_batch or B].to(torch.float64)
-    s = st.singular_values(S)  # (b, h, n)
-    er = st.effective_rank_from_singular_values(s).mean(0)
-    sr = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
-    C = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
-    rk = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
+    S = P[: spectral_batch or B]
+    s = st.singular_values(S)  # (b, h, n) float64
+    stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
+    stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
+    stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
+    stats["rank_for_eps"] = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
+    vals = {k: v.tolist() for k, v in stats.items()}  # one device→host transfer per statistic
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
                     batch=B, row_batch=R.shape[0], spectral_batch=S.shape[0])
-    return [HeadStats(layer=layer, head=hd, n=n, entropy=float(stats["entropy"][j]), log_visible=float(logm),
-                      normalised_entropy=float(stats["normalised_entropy"][j]),
-                      top_k_mass=float(stats["top_k_mass"][j]), gini=float(stats["gini"][j]),
-                      frac_above_tau=float(stats["frac_above_tau"][j]), effective_rank=float(er[j]),
-                      effective_rank_ratio=float(er[j]) / n, stable_rank=float(sr[j]),
-                      rank_for_eps=float(rk[j]), energy_at_k=float(C[j]), settings=dict(settings))
-            for j, hd in enumerate(heads)]
+    return [HeadStats(layer=layer, head=hd, n=n, log_visible=logm, effective_rank_ratio=vals["effective_rank"][j] / n,
+                      settings=dict(settings), **{k: v[j] for k, v in vals.items()})
+            for j, (layer, hd) in enumerate(labels)]
 
 
 @dataclass
@@ -162,13 +166,15 @@ def random_init(model, seed: int):
 def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5, tau: float = 0.1,
                     eps: float = 0.1, energy_k: int | None = None, spectral_batch: int | None = None,
                     chunk_rows: int = 256, store_device="cpu", kernel_checks: bool = True,
-                    mercer: bool = True, pattern_dtype=torch.float64, row_batch: int | None = None
-                    ) -> ModelAttention:
+                    mercer: bool = True, pattern_dtype=torch.float64, row_batch: int | None = None,
+                    max_elements: int = 2**25) -> ModelAttention:
     """Capture ``model`` on ``idx: (B, T)`` and compute every statistic, one layer's patterns at a time.
 
     ``kernel_checks``: Nadaraya–Watson / convex-hull residuals per layer (one more attention pass);
     ``mercer``: the Mercer test of every head's ``W_Q W_Kᵀ``; ``store_device=None`` keeps everything on the
     model's device (fastest on a GPU); ``pattern_dtype`` float64 (default) or float32 (faster).
+    The statistics of several layers are computed together (their heads side by side, one op per statistic)
+    while their weights stay within ``max_elements`` entries; a larger layer is handled alone.
     """
     what = ("resid", "q", "k", "v", "z") if kernel_checks else ("resid", "q", "k")
     c = capture(model, idx, layers=layers, heads=heads, what=what, chunk_rows=chunk_rows,
@@ -177,10 +183,12 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     checks: dict[int, KernelSmootherCheck] = {}
     mercers: list[MercerResult] = []
     need = None if row_batch is None else max(row_batch, spectral_batch or idx.shape[0])  # sequences used
-    for i in c.layers:
-        P = c.pattern(i, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need)
-        out += head_statistics(P, i, c.heads, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
+    for group in _layer_groups(c, need or idx.shape[0], max_elements):
+        P = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need)  # (b, |group|·h, T, T)
+        labels = [(i, hd) for i in group for hd in c.heads]
+        out += _head_stats(P, labels, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
         del P
+    for i in c.layers:
         if kernel_checks and not c.alibi:
             kv = c.kv_index()
             checks[i] = kernel_smoother_check(c[f"blocks.{i}.attn.hook_q"], c[f"blocks.{i}.attn.hook_k"][:, kv],
@@ -190,6 +198,15 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
             Wq, Wk = qk_weights(model, i)
             mercers += [mercer_test(Wq[h], Wk[h], i, h) for h in c.heads]
     return ModelAttention(out, mercers, checks, rank_collapse_profile(c.resid_states()))
+
+
+def _layer_groups(c, batch: int, max_elements: int) -> list[list[int]]:
+    """Consecutive captured layers whose patterns ``(batch, h, T, T)`` fit together in ``max_elements``
+    (ALiBi layers alone: their weights come from the model's own per-layer function)."""
+    T = c[f"blocks.{c.layers[0]}.attn.hook_q"].shape[-2] if c.layers else 0
+    per_layer = batch * len(c.heads) * T * T
+    size = 1 if c.alibi else max(1, max_elements // max(per_layer, 1))
+    return [c.layers[i:i + size] for i in range(0, len(c.layers), size)]
 
 
 def attention_summary(model, idx: Tensor, layers=None, heads=None, seed: int = 0, baseline: bool = True,

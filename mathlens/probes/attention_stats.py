@@ -26,6 +26,7 @@ Rank collapse (Dong, Cordonnier & Loukas 2021): ``residual_ratio(u) = ‖u − 1
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,15 +43,10 @@ def singular_values(P: Tensor) -> Tensor:
     return torch.linalg.svdvals(P.to(torch.float64))
 
 
-def _xlogx(p: Tensor) -> Tensor:
-    """``p log p`` with ``0 log 0 = 0`` (for ``p ≥ 0``: ``0 · log(tiny)`` is exactly 0)."""
-    return p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
-
-
 def effective_rank_from_singular_values(s: Tensor) -> Tensor:
     """``s: (..., r)`` singular values -> ``(...,)`` Roy–Vetterli effective rank ``exp(H(s / Σ s))``."""
     p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
-    return torch.exp(-_xlogx(p).sum(-1))
+    return torch.exp(torch.special.entr(p).sum(-1))
 
 
 def effective_rank(P: Tensor) -> Tensor:
@@ -105,8 +101,8 @@ def visible_counts(n: int, causal: bool, device=None) -> Tensor:
 
 
 def row_entropy(P: Tensor) -> Tensor:
-    """``P: (..., n, n)`` -> ``H: (..., n)``, ``H_i = −Σ_j P_ij log P_ij`` (0 log 0 = 0)."""
-    return -_xlogx(P).sum(-1)
+    """``P: (..., n, n)`` -> ``H: (..., n)``, ``H_i = −Σ_j P_ij log P_ij`` (0 log 0 = 0; one fused ``entr``)."""
+    return torch.special.entr(P).sum(-1)
 
 
 def normalised_entropy(P: Tensor, causal: bool = True, H: Tensor | None = None) -> Tensor:
@@ -137,7 +133,7 @@ def gini(P: Tensor, causal: bool = True, sorted_rows: Tensor | None = None) -> T
     """
     _square(P)
     n = P.shape[-1]
-    x = torch.sort(P, dim=-1).values if sorted_rows is None else sorted_rows
+    x = sort_rows(P) if sorted_rows is None else sorted_rows
     m = visible_counts(n, causal, P.device).to(P.dtype)[:, None]  # (n_rows, 1)
     pos = torch.arange(n, device=P.device, dtype=P.dtype)[None, :]  # (1, n)
     j = pos - (n - m) + 1
@@ -145,11 +141,27 @@ def gini(P: Tensor, causal: bool = True, sorted_rows: Tensor | None = None) -> T
     return (w * x).sum(-1) / (m[:, 0] * x.sum(-1)).clamp_min(1e-300)
 
 
+def sort_rows(x: Tensor) -> Tensor:
+    """``torch.sort(x, -1).values``; on the CPU through NumPy's vectorised sort (x86-simd-sort), several times
+    faster than ``torch.sort`` on many short rows (it also skips the indices)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
+        return torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
+
+
+def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True) -> tuple[Tensor, Tensor]:
+    """``P: (..., n, n)`` -> ``(top_k_mass, gini)``, each ``(..., n)``: :func:`top_k_mass` and :func:`gini` from
+    one sort of the rows."""
+    _square(P)
+    xs = sort_rows(P)
+    return xs[..., P.shape[-1] - max(1, min(int(top_k), P.shape[-1])):].sum(-1), gini(P, causal, sorted_rows=xs)
+
+
 def fraction_above(P: Tensor, tau: float, causal: bool = True) -> Tensor:
     """``P: (..., n, n)`` -> ``(..., n)``: share of a row's visible entries with ``P_ij > tau``."""
     _square(P)
     m = visible_counts(P.shape[-1], causal, P.device).to(P.dtype)
-    return (P > tau).to(P.dtype).sum(-1) / m
+    return (P > tau).sum(-1) / m
 
 
 def residual_ratio(u: Tensor) -> Tensor:

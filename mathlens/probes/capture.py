@@ -91,6 +91,23 @@ class Capture:
         return attention_pattern(q, k[:, self.kv_index()], self.scales[layer], self.causal, chunk_rows, dtype)
 
 
+    def patterns(self, layers: list[int], chunk_rows: int = 256, dtype=torch.float64, device=None,
+                 batch: int | None = None) -> Tensor:
+        """The weights of several layers side by side, ``(B, len(layers)·h, T, T)`` with layer ``layers[j]``'s
+        heads at columns ``j·h … (j+1)·h − 1``: one batched computation instead of one per layer."""
+        if len(layers) == 1 or self.alibi:
+            return torch.cat([self.pattern(i, chunk_rows, dtype, device, batch) for i in layers], 1)
+        kv = self.kv_index()
+        scales = {self.scales[i] for i in layers}
+        common = scales.pop() if len(scales) == 1 else None
+        q = torch.cat([self[f"blocks.{i}.attn.hook_q"][:batch] * (1.0 if common else self.scales[i])
+                       for i in layers], 1)
+        k = torch.cat([self[f"blocks.{i}.attn.hook_k"][:batch][:, kv] for i in layers], 1)
+        if device is not None:
+            q, k = q.to(device), k.to(device)
+        return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype)
+
+
 def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, chunk_rows: int = 256,
                       dtype=torch.float64, out_device=None, pattern_fn=None) -> Tensor:
     """``softmax(scale · q kᵀ + causal mask)`` computed ``chunk_rows`` query rows at a time.
@@ -100,22 +117,25 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
     softmax (e.g. ``attn.pattern_from`` for ALiBi); query rows are the last rows of the keys given.
     """
     B, h, T, _ = q.shape
-    out = torch.zeros(B, h, T, T, dtype=dtype, device=out_device or q.device)
     chunk_rows = max(1, int(chunk_rows))
+
+    def rows(start: int, end: int) -> Tensor:
+        Tk = end if causal else T
+        qc, kc = q[:, :, start:end].to(dtype), k[:, :, :Tk].to(dtype)
+        if pattern_fn is not None:
+            return pattern_fn(qc, kc)
+        s = (qc @ kc.transpose(-1, -2)).mul_(scale)
+        if causal:
+            mask = torch.arange(Tk, device=q.device)[None, :] > torch.arange(start, end, device=q.device)[:, None]
+            s.masked_fill_(mask, float("-inf"))
+        return torch.softmax(s, dim=-1)
+
+    if chunk_rows >= T:  # one chunk: no zero-filled buffer, no copy
+        return rows(0, T).to(out_device or q.device)
+    out = torch.zeros(B, h, T, T, dtype=dtype, device=out_device or q.device)
     for start in range(0, T, chunk_rows):
         end = min(T, start + chunk_rows)
-        Tk = end if causal else T
-        qc, kc = q[:, :, start:end], k[:, :, :Tk]
-        if pattern_fn is not None:
-            P = pattern_fn(qc.to(dtype), kc.to(dtype))
-        else:
-            qc, kc = qc.to(dtype), kc.to(dtype)
-            s = (qc @ kc.transpose(-1, -2)) * scale
-            if causal:
-                mask = torch.arange(Tk, device=q.device)[None, :] > torch.arange(start, end, device=q.device)[:, None]
-                s = s.masked_fill(mask, float("-inf"))
-            P = torch.softmax(s, dim=-1)
-        out[:, :, start:end, :Tk] = P.to(out.device)
+        out[:, :, start:end, : end if causal else T] = rows(start, end).to(out.device)
     return out
 
 
