@@ -83,7 +83,7 @@ class OptimConfig:
     min_lr: float = 1e-4
     grad_clip: float = 1.0  # 0 disables clipping
     grad_accum: int = 1
-    fused: bool | None = None  # None -> fused AdamW on CUDA
+    fused: bool | None = None  # None -> fused AdamW (CUDA and CPU)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

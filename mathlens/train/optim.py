@@ -23,11 +23,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
-    """AdamW (decoupled decay; fused on CUDA unless ``cfg.fused`` says otherwise) or SGD with momentum."""
+    """AdamW (decoupled decay) or SGD with momentum.
+
+    AdamW is PyTorch's fused kernel on CUDA and on the CPU unless ``cfg.fused`` says otherwise: on the CPU the
+    default would be the per-tensor loop, 5× slower for the nanogpt-char-cpu model (0.53 vs 2.7 ms a step).
+    """
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    fused = (device_type == "cuda") if cfg.fused is None else cfg.fused
+    fused = (device_type in ("cuda", "cpu")) if cfg.fused is None else cfg.fused
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
 
 
