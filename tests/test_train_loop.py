@@ -138,3 +138,46 @@ def test_huge_lr_diverges_with_clear_message(corpus, tmp_path):
     with pytest.raises(MathlensError, match="training diverged at step"):
         train(cfg, quiet=True)
     assert load_checkpoint(tmp_path / "run" / "checkpoints").step in (0, 10, 20)
+
+
+def test_cpu_adamw_is_fused_and_equals_the_per_tensor_loop():
+    """make_optimizer picks PyTorch's fused AdamW on the CPU; 10 steps of it match the reference per-tensor
+    AdamW (same groups, same gradients) to float32 rounding."""
+    from mathlens.train import make_optimizer
+
+    torch.manual_seed(0)
+    # no biases: a key bias has an exactly-zero gradient (softmax ignores a per-row shift), which Adam would
+    # blow up from roundoff noise into lr-sized steps that differ between any two implementations
+    a = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_embd=16, n_head=2, bias=False))
+    b = GPT(a.config)
+    b.load_state_dict(a.state_dict())
+    cfg = OptimConfig(lr=1e-2, beta2=0.99, weight_decay=0.1)
+    fused = make_optimizer(a, cfg, "cpu")
+    assert fused.defaults["fused"] is True
+    ref = torch.optim.AdamW(param_groups(b, 0.1), lr=1e-2, betas=(0.9, 0.99), foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x = torch.randint(0, 11, (4, 8), generator=g)
+        for model, opt in ((a, fused), (b, ref)):
+            opt.zero_grad()
+            model(x, x)[1].backward()
+            opt.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), name
+
+
+def test_estimates_use_the_training_batch_size(corpus, tmp_path, monkeypatch):
+    """eval_iters > 0 draws batches of data.batch_size (nanoGPT's estimate_loss); whole-split evaluations
+    use max(64, batch_size) sequences a forward."""
+    import mathlens.train.loop as loop
+
+    seen = []
+    real = loop.evaluate
+
+    def spy(model, data, split, block_size, batch_size, *args, **kw):
+        seen.append((batch_size, args[3] if len(args) > 3 else kw.get("iters", 0)))
+        return real(model, data, split, block_size, batch_size, *args, **kw)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    train(tiny_config(corpus, tmp_path / "run", run={"max_iters": 4, "eval_interval": 2, "eval_iters": 3}), quiet=True)
+    assert {bs for bs, iters in seen if iters} == {4} and {bs for bs, iters in seen if not iters} == {64}
