@@ -16,7 +16,7 @@ double backward with the math attention backend (``--hvp`` to change).
 
 Runs alternate over ``--seeds`` start vectors; medians are reported.
 
-    python benchmarks/top_eigenvalue.py [--device cuda] [--seeds 3] [--train-steps 30]
+    python benchmarks/top_eigenvalue.py [--device cuda] [--seeds 3] [--train-steps 30] [--shape gpu-preset]
 """
 
 from __future__ import annotations
@@ -37,29 +37,35 @@ from mathlens.probes.curvature import HessianOperator, lanczos, power_iteration 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def data(device: str, n_batches: int, seed: int = 0):
+def data(device: str, n_batches: int, seed: int = 0, B: int = 16, T: int = 128):
     g = torch.Generator().manual_seed(seed)
     if CORPUS.exists():
         text = CORPUS.read_text()
         vocab = {c: i for i, c in enumerate(sorted(set(text)))}  # 65 symbols for tinyshakespeare
         ids = torch.tensor([vocab[c] for c in text[:200_000]]).clamp_max(64)
-        starts = torch.randint(0, ids.numel() - 130, (n_batches, 16), generator=g)
-        batches = [(torch.stack([ids[s: s + 128] for s in row]), torch.stack([ids[s + 1: s + 129] for s in row]))
+        starts = torch.randint(0, ids.numel() - T - 2, (n_batches, B), generator=g)
+        batches = [(torch.stack([ids[s: s + T] for s in row]), torch.stack([ids[s + 1: s + T + 1] for s in row]))
                    for row in starts]
         src = "tinyshakespeare"
     else:
-        batches = [(torch.randint(0, 65, (16, 128), generator=g), torch.randint(0, 65, (16, 128), generator=g))
+        batches = [(torch.randint(0, 65, (B, T), generator=g), torch.randint(0, 65, (B, T), generator=g))
                    for _ in range(n_batches)]
         src = "random tokens"
     return [(x.to(device), y.to(device)) for x, y in batches], src
 
 
-def build(device: str, train_steps: int):
+SHAPES = {"small": dict(n_layer=4, n_embd=128, n_head=4, B=16, T=128),  # 0.8M parameters
+          "gpu-preset": dict(n_layer=6, n_embd=384, n_head=6, B=4, T=64)}  # nanogpt-char-gpu's model, 10.7M
+
+
+def build(device: str, train_steps: int, shape: str = "small"):
     from mathlens import GPT, GPTConfig
 
+    sh = SHAPES[shape]
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65)).to(device)
-    batches, src = data(device, train_steps + 1)
+    model = GPT(GPTConfig(n_layer=sh["n_layer"], n_embd=sh["n_embd"], n_head=sh["n_head"], block_size=128,
+                          vocab_size=65)).to(device)
+    batches, src = data(device, train_steps + 1, B=sh["B"], T=sh["T"])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for x, y in batches[1:]:
         opt.zero_grad()
@@ -92,10 +98,12 @@ def main() -> int:
     ap.add_argument("--power-tol", type=float, default=None,
                     help="power iteration's tolerance (default --rtol, PyHessian's rule); tiny = run all 100 steps")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small",
+                    help="small: 4×128, batch 16×128 (default); gpu-preset: 6×384 (10.7M), batch 4×64")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, loss_fn, batch, src = build(args.device, args.train_steps)
+    model, loss_fn, batch, src = build(args.device, args.train_steps, args.shape)
     op = lambda: HessianOperator(model, loss_fn, batch, method=args.hvp)
     t0 = time.perf_counter()
     ref = lanczos(op(), k=1, max_iter=120, tol=1e-7, seed=12345, return_eigenvectors=False, which=args.which)
@@ -138,10 +146,10 @@ def main() -> int:
     print(f"median HVPs until within {args.rtol:g} (oracle): Lanczos {L['hvps_to_rtol_oracle']}, "
           f"power {P['hvps_to_rtol_oracle']} (ratio {ratio_oracle if ratio_oracle is None else round(ratio_oracle, 2)})")
     print(f"all runs within {args.rtol:g}: Lanczos {L['all_within_rtol']}, power {P['all_within_rtol']}")
-    name = f"top_eigenvalue_{args.device.replace(':', '')}_train{args.train_steps}_{args.which}"
+    name = f"top_eigenvalue_{args.shape}_{args.device.replace(':', '')}_train{args.train_steps}_{args.which}"
     name += "" if args.power_tol is None else "_ptol"
     out = Path(__file__).resolve().parent / "out" / f"{name}.json"
-    write_json(out, {"device": args.device, "which": args.which, "data": src, "train_steps": args.train_steps, "hvp": args.hvp,
+    write_json(out, {"shape": args.shape, **SHAPES[args.shape], "device": args.device, "which": args.which, "data": src, "train_steps": args.train_steps, "hvp": args.hvp,
                      "reference": {"lambda_max": lam, "hvps": ref.n_matvecs, "wall_s": t_ref},
                      "runs": runs, "summary": summary, "hvp_ratio_stopping_rule": ratio_stop,
                      "hvp_ratio_oracle": ratio_oracle, "torch": torch.__version__,
