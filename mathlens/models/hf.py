@@ -88,25 +88,28 @@ def llama_config(hc) -> GPTConfig:
                      dropout=float(hc.attention_dropout or 0.0), hf_numerics=True)
 
 
-def _load_gpt2(gpt: GPT, hf) -> None:
+def _gpt2_pairs(gpt: GPT, hf):
+    """(ours, theirs) parameter pairs of a GPT-2-shaped GPT and a ``GPT2LMHeadModel``; ``theirs`` is a view of
+    the HF parameter in our layout (Conv1D ``y = x W + b`` weights transposed, ``c_attn`` cut into Q, K, V),
+    ``ours`` None for a bias our model does not have."""
     t, D = hf.transformer, gpt.config.n_embd
-    _copy(gpt.wte.weight, t.wte.weight)
-    _copy(gpt.pos.weight, t.wpe.weight)
+    yield gpt.wte.weight, t.wte.weight
+    yield gpt.pos.weight, t.wpe.weight
     for blk, h in zip(gpt.blocks, t.h):
         for ours, theirs in ((blk.norm_attn, h.ln_1), (blk.norm_ffn, h.ln_2)):
-            _copy(ours.weight, theirs.weight)
-            _copy(ours.bias, theirs.bias)
-        w, b = h.attn.c_attn.weight, h.attn.c_attn.bias  # Conv1D: y = x W + b, W: (D, 3D)
+            yield ours.weight, theirs.weight
+            yield ours.bias, theirs.bias
+        w, b = h.attn.c_attn.weight, h.attn.c_attn.bias  # W: (D, 3D)
         for i, lin in enumerate((blk.attn.w_q, blk.attn.w_k, blk.attn.w_v)):
-            _copy(lin.weight, w[:, i * D:(i + 1) * D].T)
-            _copy(lin.bias, b[i * D:(i + 1) * D])
+            yield lin.weight, w[:, i * D:(i + 1) * D].T
+            yield lin.bias, b[i * D:(i + 1) * D]
         for lin, conv in ((blk.attn.w_o, h.attn.c_proj), (blk.ffn.w_in, h.mlp.c_fc), (blk.ffn.w_out, h.mlp.c_proj)):
-            _copy(lin.weight, conv.weight.T)
-            _copy(lin.bias, conv.bias)
-    _copy(gpt.ln_f.weight, t.ln_f.weight)
-    _copy(gpt.ln_f.bias, t.ln_f.bias)
+            yield lin.weight, conv.weight.T
+            yield lin.bias, conv.bias
+    yield gpt.ln_f.weight, t.ln_f.weight
+    yield gpt.ln_f.bias, t.ln_f.bias
     if not gpt.config.tie_embeddings:
-        _copy(gpt.lm_head.weight, hf.lm_head.weight)
+        yield gpt.lm_head.weight, hf.lm_head.weight
 
 
 def _llama_pairs(gpt: GPT, hf):
@@ -139,7 +142,8 @@ def from_hf(hf_model) -> GPT:
     if kind == "GPT2LMHeadModel":
         cfg = gpt2_config(hf_model.config)
         gpt = _new_gpt(cfg, *_source_place(hf_model))
-        _load_gpt2(gpt, hf_model)
+        for ours, theirs in _gpt2_pairs(gpt, hf_model):  # gpt2_config always has biases: ours is never None
+            _copy(ours, theirs)
     elif kind == "LlamaForCausalLM":
         cfg = llama_config(hf_model.config)
         gpt = _new_gpt(cfg, *_source_place(hf_model))
@@ -206,27 +210,8 @@ def _to_gpt2(gpt: GPT):
                     layer_norm_epsilon=c.norm_eps, scale_attn_weights=c.attn_scale != 1.0 or c.head_dim == 1,
                     tie_word_embeddings=c.tie_embeddings)
     hf = GPT2LMHeadModel(hc).to(dtype=_source_place(gpt)[0])
-    t, D = hf.transformer, c.n_embd
-
-    def put(dst: Tensor, src: Tensor | None) -> None:  # missing bias (bias=False) -> zero, same function
-        dst.copy_(src) if src is not None else dst.zero_()
-
-    put(t.wte.weight, gpt.wte.weight)
-    put(t.wpe.weight, gpt.pos.weight)
-    for blk, h in zip(gpt.blocks, t.h):
-        for ours, theirs in ((blk.norm_attn, h.ln_1), (blk.norm_ffn, h.ln_2)):
-            put(theirs.weight, ours.weight)
-            put(theirs.bias, ours.bias)
-        for i, lin in enumerate((blk.attn.w_q, blk.attn.w_k, blk.attn.w_v)):
-            put(h.attn.c_attn.weight[:, i * D:(i + 1) * D], lin.weight.T)
-            put(h.attn.c_attn.bias[i * D:(i + 1) * D], lin.bias)
-        for lin, conv in ((blk.attn.w_o, h.attn.c_proj), (blk.ffn.w_in, h.mlp.c_fc), (blk.ffn.w_out, h.mlp.c_proj)):
-            put(conv.weight, lin.weight.T)
-            put(conv.bias, lin.bias)
-    put(t.ln_f.weight, gpt.ln_f.weight)
-    put(t.ln_f.bias, gpt.ln_f.bias)
-    if not c.tie_embeddings:
-        put(hf.lm_head.weight, gpt.lm_head.weight)
+    for ours, theirs in _gpt2_pairs(gpt, hf):  # a bias our model lacks (bias=False) -> zero, the same function
+        theirs.copy_(ours) if ours is not None else theirs.zero_()
     return hf
 
 
