@@ -90,7 +90,6 @@ class Capture:
             return attention_pattern(q, k, 0.0, self.causal, chunk_rows, dtype, pattern_fn=self._pattern_fns[layer])
         return attention_pattern(q, k[:, self.kv_index()], self.scales[layer], self.causal, chunk_rows, dtype)
 
-
     def patterns(self, layers: list[int], chunk_rows: int = 256, dtype=torch.float64, device=None,
                  batch: int | None = None) -> Tensor:
         """The weights of several layers side by side, ``(B, len(layers)·h, T, T)`` with layer ``layers[j]``'s
@@ -99,9 +98,9 @@ class Capture:
             return torch.cat([self.pattern(i, chunk_rows, dtype, device, batch) for i in layers], 1)
         kv = self.kv_index()
         scales = {self.scales[i] for i in layers}
-        common = scales.pop() if len(scales) == 1 else None
-        q = torch.cat([self[f"blocks.{i}.attn.hook_q"][:batch] * (1.0 if common else self.scales[i])
-                       for i in layers], 1)
+        common = scales.pop() if len(scales) == 1 else None  # else each layer's q carries its own scale
+        qs = [self[f"blocks.{i}.attn.hook_q"][:batch] for i in layers]
+        q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1)
         k = torch.cat([self[f"blocks.{i}.attn.hook_k"][:batch][:, kv] for i in layers], 1)
         if device is not None:
             q, k = q.to(device), k.to(device)
