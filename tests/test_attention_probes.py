@@ -89,6 +89,11 @@ def test_residual_ratio():
     x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)  # mean zero: ρ = 1
     assert st.residual_ratio(x).item() == pytest.approx(1.0)
     assert st.rank_collapse_profile([x[None], x[None] + 1]) == pytest.approx([1.0, math.sqrt(2 / 6)])
+    # batched (equal shapes) and one state at a time (shapes differ) give the same numbers
+    states = [torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    assert st.rank_collapse_profile(states) == pytest.approx([float(st.residual_ratio(u).mean()) for u in states],
+                                                              rel=1e-14)
+    assert st.rank_collapse_profile([x[None], x[None, :, :1]]) == pytest.approx([1.0, 1.0])  # (1,2,2), (1,2,1)
 
 
 def test_nadaraya_watson_and_convex_hull_on_synthetic_heads():
@@ -123,21 +128,28 @@ def test_mercer_verdicts():
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16])
-def test_sorted_row_statistics_equal_top_k_mass_and_gini(n):
-    """One sort (NumPy on the CPU) gives exactly the per-row top-k mass and Gini."""
+def test_sorted_row_statistics_equal_top_k_mass_gini_and_fraction_above(n):
+    """One sort (NumPy on the CPU) gives exactly the per-row top-k mass, Gini and fraction above τ."""
     g = torch.Generator().manual_seed(n)
     S = 3 * torch.randn(3, 2, n, n, dtype=torch.float64, generator=g)
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     P = torch.softmax(S.masked_fill(~causal, float("-inf")), -1)
     P[0, 0, -1] = torch.nn.functional.one_hot(torch.tensor(0), n).double()  # a one-hot row
+    if n >= 4:  # a row with entries exactly at τ = 0.25: "above" is strict
+        P[1, 1, 3] = torch.tensor([0.25, 0.25, 0.25, 0.25] + [0.0] * (n - 4), dtype=torch.float64)
     for k in (1, 3, 100):
         mass, gi = st.sorted_row_statistics(P, k, causal=True)
         assert torch.allclose(mass, st.top_k_mass(P, k), atol=1e-14, rtol=0)
         assert torch.allclose(gi, st.gini(P, causal=True), atol=1e-14, rtol=0)
+    for tau in (0.0, 0.1, 0.25, 1.0):  # the fraction above τ by binary search in the sorted rows: exactly the count
+        for X in (P, P.float()):
+            *_, frac = st.sorted_row_statistics(X, 2, causal=True, tau=tau)
+            assert torch.equal(frac, st.fraction_above(X, tau, causal=True))
     Q = torch.softmax(S, -1)
-    mass, gi = st.sorted_row_statistics(Q, 2, causal=False)
+    mass, gi, frac = st.sorted_row_statistics(Q, 2, causal=False, tau=0.1)
     assert torch.allclose(mass, st.top_k_mass(Q, 2), atol=1e-14, rtol=0)
     assert torch.allclose(gi, st.gini(Q, causal=False), atol=1e-14, rtol=0)
+    assert torch.equal(frac, st.fraction_above(Q, 0.1, causal=False))
 
 
 def test_singular_values_of_float32_patterns_match_the_float64_svd():

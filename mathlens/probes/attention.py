@@ -96,13 +96,13 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
     R = P[: row_batch or B]
     H = st.row_entropy(R)
     logm = float(torch.log(st.visible_counts(n, causal).to(torch.float64))[first:].mean())
-    mass, g = st.sorted_row_statistics(R, top_k, causal)  # one sort serves top-k mass and Gini
+    mass, g, frac = st.sorted_row_statistics(R, top_k, causal, tau)  # one sort: top-k mass, Gini, fraction > τ
     stats = {
         "entropy": rowmean(H),
         "normalised_entropy": rowmean(st.normalised_entropy(R, causal, H)),
         "top_k_mass": rowmean(mass),
         "gini": rowmean(g),
-        "frac_above_tau": rowmean(st.fraction_above(R, tau, causal)),
+        "frac_above_tau": rowmean(frac),
     }
     S = P[: spectral_batch or B]
     s = st.singular_values(S)  # (b, h, n) float64
@@ -190,10 +190,9 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
         del P
     for i in c.layers:
         if kernel_checks and not c.alibi:
-            kv = c.kv_index()
-            checks[i] = kernel_smoother_check(c[f"blocks.{i}.attn.hook_q"], c[f"blocks.{i}.attn.hook_k"][:, kv],
-                                              c[f"blocks.{i}.attn.hook_v"][:, kv],
-                                              c[f"blocks.{i}.attn.hook_z"], c.scales[i], c.causal)
+            checks[i] = kernel_smoother_check(c[f"blocks.{i}.attn.hook_q"], c.keys_for_heads(i, "k"),
+                                              c.keys_for_heads(i, "v"), c[f"blocks.{i}.attn.hook_z"],
+                                              c.scales[i], c.causal)
         if mercer:
             Wq, Wk = qk_weights(model, i)
             mercers += [mercer_test(Wq[h], Wk[h], i, h) for h in c.heads]

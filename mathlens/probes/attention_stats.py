@@ -160,12 +160,20 @@ def sort_rows(x: Tensor) -> Tensor:
     return torch.sort(x, dim=-1).values
 
 
-def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True) -> tuple[Tensor, Tensor]:
-    """``P: (..., n, n)`` -> ``(top_k_mass, gini)``, each ``(..., n)``: :func:`top_k_mass` and :func:`gini` from
-    one sort of the rows."""
+def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True, tau: float | None = None) -> tuple[Tensor, ...]:
+    """``P: (..., n, n)`` -> ``(top_k_mass, gini)`` or, with ``tau``, ``(top_k_mass, gini, fraction_above)``, each
+    ``(..., n)``: :func:`top_k_mass`, :func:`gini` and :func:`fraction_above` from one sort of the rows (the count
+    of entries above ``tau`` is a binary search in each sorted row)."""
     _square(P)
+    n = P.shape[-1]
     xs = sort_rows(P)
-    return xs[..., P.shape[-1] - min(int(top_k), P.shape[-1]):].sum(-1), gini(P, causal, sorted_rows=xs)
+    out = (xs[..., n - min(int(top_k), n):].sum(-1), gini(P, causal, sorted_rows=xs))
+    if tau is None:
+        return out
+    m = visible_counts(n, causal, P.device).to(P.dtype)
+    at_most = torch.searchsorted(xs, torch.full((*xs.shape[:-1], 1), float(tau), dtype=xs.dtype, device=xs.device),
+                                 right=True)[..., 0]
+    return (*out, (n - at_most).to(P.dtype) / m)
 
 
 def fraction_above(P: Tensor, tau: float, causal: bool = True) -> Tensor:
@@ -183,7 +191,10 @@ def residual_ratio(u: Tensor) -> Tensor:
 
 
 def rank_collapse_profile(states: list[Tensor]) -> list[float]:
-    """``states``: per-layer residual states, each ``(B, T, D)`` -> mean ``ρ_ℓ`` over the batch, per layer."""
+    """``states``: per-layer residual states, each ``(B, T, D)`` -> mean ``ρ_ℓ`` over the batch, per layer
+    (one batched computation when the shapes agree)."""
+    if states and all(u.shape == states[0].shape for u in states):
+        return residual_ratio(torch.stack(states)).mean(-1).tolist()
     return [float(residual_ratio(u).mean()) for u in states]
 
 

@@ -68,6 +68,13 @@ class Capture:
         g = self.n_head // self.n_kv_head
         return [h // g for h in (self.heads if heads is None else heads)]
 
+    def keys_for_heads(self, layer: int, name: str = "k", batch: int | None = None) -> Tensor:
+        """``blocks.{layer}.attn.hook_{name}`` with one key/value head per selected query head
+        ``(B, h, T, dh)`` (a view, no copy, when that is every key head in order)."""
+        t = self[f"blocks.{layer}.attn.hook_{name}"][:batch]
+        kv = self.kv_index()
+        return t if kv == list(range(t.shape[1])) else t[:, kv]
+
     def resid_states(self) -> list[Tensor]:
         """``[hook_embed, resid_post of each captured layer]`` (for the rank-collapse profile)."""
         out = [self["hook_embed"]] if "hook_embed" in self else []
@@ -88,7 +95,8 @@ class Capture:
             if self.heads != list(range(self.n_head)):
                 raise MathlensError("ALiBi patterns of a subset of heads: pass 'pattern' in what= at capture")
             return attention_pattern(q, k, 0.0, self.causal, chunk_rows, dtype, pattern_fn=self._pattern_fns[layer])
-        return attention_pattern(q, k[:, self.kv_index()], self.scales[layer], self.causal, chunk_rows, dtype)
+        return attention_pattern(q, self.keys_for_heads(layer, batch=batch), self.scales[layer], self.causal,
+                                 chunk_rows, dtype)
 
     def patterns(self, layers: list[int], chunk_rows: int = 256, dtype=torch.float64, device=None,
                  batch: int | None = None) -> Tensor:
@@ -96,12 +104,11 @@ class Capture:
         heads at columns ``j·h … (j+1)·h − 1``: one batched computation instead of one per layer."""
         if len(layers) == 1 or self.alibi:
             return torch.cat([self.pattern(i, chunk_rows, dtype, device, batch) for i in layers], 1)
-        kv = self.kv_index()
         scales = {self.scales[i] for i in layers}
         common = scales.pop() if len(scales) == 1 else None  # else each layer's q carries its own scale
         qs = [self[f"blocks.{i}.attn.hook_q"][:batch] for i in layers]
         q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1)
-        k = torch.cat([self[f"blocks.{i}.attn.hook_k"][:batch][:, kv] for i in layers], 1)
+        k = torch.cat([self.keys_for_heads(i, batch=batch) for i in layers], 1)
         if device is not None:
             q, k = q.to(device), k.to(device)
         return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype)
@@ -123,11 +130,14 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
         qc, kc = q[:, :, start:end].to(dtype), k[:, :, :Tk].to(dtype)
         if pattern_fn is not None:
             return pattern_fn(qc, kc)
-        s = (qc @ kc.transpose(-1, -2)).mul_(scale)
-        if causal:
-            mask = torch.arange(Tk, device=q.device)[None, :] > torch.arange(start, end, device=q.device)[:, None]
-            s.masked_fill_(mask, float("-inf"))
-        return torch.softmax(s, dim=-1)
+        if not causal:
+            return torch.softmax((qc @ kc.transpose(-1, -2)).mul_(scale), dim=-1)
+        # scale · q kᵀ plus the additive causal mask (−inf above the diagonal) in one fused baddbmm
+        mask = torch.zeros(end - start, Tk, dtype=dtype, device=q.device)
+        mask.masked_fill_(torch.ones_like(mask, dtype=torch.bool).triu(start + 1), float("-inf"))
+        s = torch.baddbmm(mask.expand(B * h, -1, -1), qc.reshape(B * h, end - start, -1),
+                          kc.reshape(B * h, Tk, -1).transpose(-1, -2), alpha=scale)
+        return torch.softmax(s, dim=-1).view(B, h, end - start, Tk)
 
     if chunk_rows >= T:  # one chunk: no zero-filled buffer, no copy
         return rows(0, T).to(out_device or q.device)
