@@ -290,7 +290,7 @@ class _GPTAdapter:
         return hs
 
     def forward(self, idx, eager, rec):
-        self.m(idx)
+        self.m.hidden_states(idx)  # no logits: a capture needs none
 
     def qk_weights(self, i: int):
         """``(W_Q: (H, D, dh), W_K: (H, D, dh))``; key weights already mapped to each query head."""

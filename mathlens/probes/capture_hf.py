@@ -87,7 +87,8 @@ class _HFAdapter:
         if eager and prev != "eager":
             self.m.set_attn_implementation("eager")
         try:
-            out = self.m(input_ids=idx, use_cache=False, output_attentions=eager)
+            # the decoder stack only: a capture needs no logits (the LM head is a third of GPT-2's forward)
+            out = self.m.base_model(input_ids=idx, use_cache=False, output_attentions=eager)
         finally:
             if eager and prev != "eager":
                 self.m.set_attn_implementation(prev)
