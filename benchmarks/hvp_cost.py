@@ -4,7 +4,11 @@ Model: ``GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_si
 float32. Workloads (each one call):
 
 * ``grad_fused``            one gradient, fused SDPA (the reference);
-* ``hvp_double_backward``   exact, math attention forced (fused SDPA has no double backward);
+* ``hvp_double_backward``   exact, math attention forced (fused SDPA has no double backward), the
+                            first-order graph rebuilt for every product;
+* ``hvp_double_backward_reused``  the same with the first-order graph kept between products
+                            (``reuse_graph=True``): time of a product after the first; memory: the peak over
+                            the first (graph-building) product and a second one;
 * ``hvp_jvp``               exact, forward-over-reverse, math attention forced;
 * ``hvp_fd_central``        central differences of two fused-attention gradients;
 * ``hvp_fd_forward``        forward differences, ∇L(w) cached: one fused-attention gradient per product;
@@ -38,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mathlens.io import write_json  # noqa: E402
 from mathlens.probes.curvature.operators import HessianOperator, ModelLoss, relative_error  # noqa: E402
 
-WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_jvp", "hvp_fd_central", "hvp_fd_forward"]
+WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_double_backward_reused", "hvp_jvp", "hvp_fd_central",
+             "hvp_fd_forward"]
 
 
 def build(device: str, seed: int = 0):
@@ -53,7 +58,7 @@ def build(device: str, seed: int = 0):
     return model, (lambda m, b: m(b[0], targets=b[1])[1]), [(x, y)]
 
 
-def make_workload(name: str, model, loss_fn, batches):
+def make_workload(name: str, model, loss_fn, batches, memory: bool = False):
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(5))
     v = v.to(next(model.parameters()).device)
     if name == "grad_fused":
@@ -62,7 +67,12 @@ def make_workload(name: str, model, loss_fn, batches):
     if name == "hvp_double_backward_fused":
         op = HessianOperator(model, loss_fn, batches, "double_backward", math_attention=False)
     elif name in ("hvp_double_backward", "hvp_jvp"):
-        op = HessianOperator(model, loss_fn, batches, name[4:], math_attention=True)
+        op = HessianOperator(model, loss_fn, batches, name[4:], math_attention=True, reuse_graph=False)
+    elif name == "hvp_double_backward_reused":
+        op = HessianOperator(model, loss_fn, batches, "double_backward", reuse_graph=True)
+        if not memory:  # time the steady state; the memory figure includes the graph-building product
+            op.matvec(v)
+        return (lambda: (op.matvec(v), op.matvec(v))) if memory else (lambda: op.matvec(v))
     else:
         op = HessianOperator(model, loss_fn, batches, "finite_difference", fd_scheme=name.split("_")[-1])
         if op.fd_scheme == "forward":
@@ -94,7 +104,7 @@ def time_all(device: str, repeats: int) -> dict:
 def memory_child(name: str, device: str) -> None:
     """Run in a subprocess: print the peak extra memory (bytes) of one call of ``name``."""
     model, loss_fn, batches = build(device)
-    fn = make_workload(name, model, loss_fn, batches)
+    fn = make_workload(name, model, loss_fn, batches, memory=True)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

@@ -22,6 +22,24 @@ def test_exact_hvp_matches_dense_hessian(problem, method):
 
 
 @pytest.mark.parametrize("problem", [mlp_problem, attention_problem])
+@pytest.mark.parametrize("reuse", [True, False])
+def test_double_backward_reusing_the_first_order_graph(problem, reuse):
+    """Kept first-order graphs (one per batch; mlp_problem has two) give the dense Hessian, and the same
+    products as rebuilding the graph each time; release() frees them and the next product rebuilds them."""
+    model, loss_fn, batches = problem()
+    H = dense_hessian(model, loss_fn, batches)
+    op = HessianOperator(model, loss_fn, batches, reuse_graph=reuse)
+    assert op.reuse_graph is reuse and HessianOperator(model, loss_fn, batches).reuse_graph is (len(batches) == 1)
+    assert relative_error(op.dense(), H) <= 1e-8
+    assert (op._graphs is not None) is reuse
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fresh = HessianOperator(model, loss_fn, batches, reuse_graph=False).matvec(v)
+    assert relative_error(op.matvec(v), fresh) <= 1e-13
+    op.release()
+    assert op._graphs is None and relative_error(op.matvec(v), fresh) <= 1e-13
+
+
+@pytest.mark.parametrize("problem", [mlp_problem, attention_problem])
 def test_finite_difference_hvp(problem):
     # Central differences: truncation error ~ τ²‖∇³L‖, round-off ~ eps‖∇L‖/τ. With the default relative
     # step τ = 0.2·eps^{1/3} ≈ 1.2e-6 in float64 both terms are ~1e-10 relative; 1e-6 leaves ample margin.
