@@ -181,3 +181,34 @@ def test_estimates_use_the_training_batch_size(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "evaluate", spy)
     train(tiny_config(corpus, tmp_path / "run", run={"max_iters": 4, "eval_interval": 2, "eval_iters": 3}), quiet=True)
     assert {bs for bs, iters in seen if iters} == {4} and {bs for bs, iters in seen if not iters} == {64}
+
+
+@pytest.mark.parametrize("estimate_favours", ["early", "last"])
+def test_estimated_best_is_rescored_and_consistent(corpus, tmp_path, monkeypatch, estimate_favours):
+    """With eval_iters > 0 the step the (noisy) estimates chose and the last step are both scored on the whole
+    split; best_val_loss, best_step and the "best" checkpoint then all describe the better model. Estimates
+    are faked so that they pick step 2 of 8 ("early") or the last step ("last")."""
+    import mathlens.train.loop as loop
+
+    real = loop.evaluate
+    fake = {"early": {0: 9.0, 2: 1.0, 4: 2.0, 6: 3.0, 8: 4.0}, "last": {0: 9.0, 2: 4.0, 4: 3.0, 6: 2.0, 8: 1.0}}
+
+    def spy(model, data, split, block_size, batch_size, device, autocast=None, dist_info=None, iters=0, seed=0):
+        if iters:
+            return fake[estimate_favours][seed - 1337]  # run_eval seeds an estimate at step s with run.seed + s
+        return real(model, data, split, block_size, batch_size, device, autocast, dist_info, iters, seed)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    cfg = tiny_config(corpus, tmp_path / "run", run={"max_iters": 8, "eval_interval": 2, "eval_iters": 3, "seed": 1337})
+    res = train(cfg, quiet=True)
+    _, data = prepare_data(cfg)
+    exact = {}
+    for which in ("best", "latest"):
+        model, _ = load_run(res.run_dir, which)
+        exact[which] = real(model, data, "val", 16, 64, torch.device("cpu"))
+    assert res.final_val_loss == pytest.approx(exact["latest"], abs=1e-6)
+    assert res.best_val_loss == pytest.approx(exact["best"], abs=1e-6)  # the reported loss is the best checkpoint's
+    assert res.best_val_loss <= res.final_val_loss
+    assert load_checkpoint(res.run_dir / "checkpoints", "best").step == res.best_step
+    # 8 steps at lr 1e-2 beat 2 steps by far on the whole split: the last step wins either way
+    assert res.best_step == 8 and res.best_val_loss == res.final_val_loss

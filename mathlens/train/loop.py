@@ -7,7 +7,9 @@ DDP run sees exactly the batches of a one-process run. After each step the callb
 
 Evaluation: after step 0 (``run.eval_at_start``), every ``run.eval_interval`` steps and at the end, over the
 WHOLE val split (``run.eval_iters = 0``, default) or ``eval_iters`` random batches; with estimates the
-best checkpoint is re-evaluated on the whole split at the end, so ``best_val_loss`` is always exact.
+checkpoint they chose and the last step are both scored on the whole split at the end and the better one is
+the best (``best_val_loss``, ``best_step``, ``time_to_best`` and the "best" checkpoint then all describe that
+model), so ``best_val_loss`` is always exact.
 """
 
 from __future__ import annotations
@@ -231,9 +233,13 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         if tb:
             tb.close()
     best_val = state["best_val_loss"]
-    if r.eval_iters > 0:  # estimates chose the best step; report its exact loss
+    if r.eval_iters > 0:  # estimates chose the best step: score it and the last step exactly, keep the better
         final_val = run_eval(step, exact=True)
-        best_val = _exact_best(config, run_dir, raw, final_val, step, state, run_eval)
+        best_val = final_val if state["best_step"] == step else _exact_loss_of_best(raw, run_dir, state, run_eval)
+        if final_val < best_val:  # the estimate's choice was noise: the last step is the best model
+            state.update(best_val_loss=final_val, best_step=step, time_to_best=state["elapsed"])
+            checkpoint(step, True)
+            best_val = final_val
     else:
         final_val = state["last_val_loss"]
     result = TrainResult(final_val, best_val, state["best_step"], state["init_val_loss"], step, state["elapsed"],
@@ -243,16 +249,15 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
     return result
 
 
-def _exact_best(config, run_dir, raw, final_val, step, state, run_eval) -> float:
-    if state["best_step"] == step:
-        return final_val
+def _exact_loss_of_best(raw, run_dir, state, run_eval) -> float:
+    """The whole-split val loss of the checkpoint marked best (``raw``'s own weights are restored after)."""
     ckpt = load_checkpoint(run_dir / CKPT_DIR, "best")
     best_model = GPT(raw.config).to(next(raw.parameters()).device)
     ckpt.load_model(best_model)
     saved = {k: v.detach().clone() for k, v in raw.state_dict().items()}
     raw.load_state_dict(best_model.state_dict())
     try:
-        return min(run_eval(state["best_step"], exact=True), final_val)
+        return run_eval(state["best_step"], exact=True)
     finally:
         raw.load_state_dict(saved)
 
