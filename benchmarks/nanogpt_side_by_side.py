@@ -10,6 +10,13 @@
 its timed process), each timed from launch to exit; medians and the median of paired ratios. ``--threads 0``
 leaves both at torch's default thread count.
 
+``--seeds 1337,1,2``: quality over seeds — for each seed, nanoGPT's ``train.py`` with its hard-coded seed 1337
+replaced (a temporary copy, ``train_seed.py``, deleted afterwards) and ``--always_save_checkpoint=True`` (its
+checkpoint is then the last step's, not the one its 20-batch estimates chose), and ``mathlens train --preset
+nanogpt-char-cpu --eval-iters 20 --seed S``; both models after the last step (2000) scored on the whole val
+split by the same exact evaluator; mean, standard deviation and a Welch 95 % interval for the difference of
+the means.
+
 Writes nanoGPT's ``data/shakespeare_char/{train,val}.bin, meta.pkl`` from the classic file exactly as its
 ``prepare.py`` does (sorted characters, first 90 % train), runs ``train.py`` with the README's CPU flags,
 then loads ``out-shakespeare-char/ckpt.pt`` (``torch.load(weights_only=True)``: tensors and plain values only).
@@ -67,9 +74,9 @@ def exact_val_loss(forward, data: TokenDataset) -> float:
     return total / count
 
 
-def run_nanogpt(nanogpt: Path, env: dict) -> tuple[float, list[str]]:
+def run_nanogpt(nanogpt: Path, env: dict, script: str = "train.py", extra=()) -> tuple[float, list[str]]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_CPU],
+    proc = subprocess.run([sys.executable, script, "config/train_shakespeare_char.py", *README_CPU, *extra],
                           cwd=nanogpt, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -77,10 +84,11 @@ def run_nanogpt(nanogpt: Path, env: dict) -> tuple[float, list[str]]:
     return wall, proc.stdout.splitlines()[-3:]
 
 
-def run_ours(data: str, out: Path, env: dict) -> tuple[float, dict]:
+def run_ours(data: str, out: Path, env: dict, seed: int | None = None) -> tuple[float, dict]:
     t0 = time.perf_counter()
+    seed_args = [] if seed is None else ["--seed", str(seed)]
     proc = subprocess.run([str(Path(sys.executable).parent / "mathlens"), "train", "--preset", "nanogpt-char-cpu", "--data", data,
-                           "--out", str(out), "--eval-iters", "20", "--quiet"],
+                           "--out", str(out), "--eval-iters", "20", "--quiet", *seed_args],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -110,6 +118,54 @@ def side_by_side(args, env: dict) -> dict:
             "median_paired_ratio_mathlens_over_nanogpt": statistics.median(o / n for o, n in zip(ours, nano))}
 
 
+def load_nanogpt(nanogpt: Path):
+    """nanoGPT's best checkpoint ``out-shakespeare-char/ckpt.pt`` as its own model class (weights only)."""
+    sys.path.insert(0, str(nanogpt))
+    from model import GPT as NanoGPT  # noqa: E402
+    from model import GPTConfig as NanoConfig  # noqa: E402
+
+    ck = torch.load(nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu", weights_only=True)
+    nano = NanoGPT(NanoConfig(**ck["model_args"]))
+    nano.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
+    return nano.eval(), ck
+
+
+def over_seeds(args, data: TokenDataset, env: dict) -> dict:
+    """Whole-split val loss of both implementations' best checkpoints, seed by seed (see the module doc)."""
+    import shutil
+    import statistics
+
+    from scipy import stats
+
+    source = (args.nanogpt / "train.py").read_text()
+    if source.count("1337") != 1:
+        sys.exit("nanoGPT's train.py no longer has exactly one hard-coded seed 1337; cannot vary the seed")
+    rows = []
+    for seed in args.seeds:
+        patched = args.nanogpt / "train_seed.py"
+        patched.write_text(source.replace("1337", str(seed)))
+        try:
+            run_nanogpt(args.nanogpt, env, patched.name, ["--always_save_checkpoint=True"])
+        finally:
+            patched.unlink()
+        nano, ck = load_nanogpt(args.nanogpt)
+        out = ROOT / "benchmarks" / "out" / f"side-by-side-seed{seed}"
+        shutil.rmtree(out, ignore_errors=True)
+        run_ours(args.data, out, env, seed)
+        ours, _ = load_run(str(out), "latest")
+        rows.append({"seed": seed, "nanogpt_iter": ck["iter_num"], "nanogpt": exact_val_loss(lambda x, y, m=nano: m(x, y)[0], data),
+                     "mathlens": exact_val_loss(lambda x, y, m=ours: m(x)[0], data)})
+        print(f"seed {seed}: nanoGPT {rows[-1]['nanogpt']:.4f}, mathlens {rows[-1]['mathlens']:.4f}", flush=True)
+    a, b = [r["mathlens"] for r in rows], [r["nanogpt"] for r in rows]
+    summary = {k: {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else None}
+               for k, v in (("mathlens", a), ("nanogpt", b))}
+    if len(rows) > 1:
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        summary["difference_mathlens_minus_nanogpt"] = {"mean": statistics.mean(a) - statistics.mean(b),
+                                                        "ci95": [float(ci.low), float(ci.high)]}
+    return {"seeds": rows, "summary": summary}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("nanogpt", type=Path)
@@ -118,6 +174,8 @@ def main() -> None:
     ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
     ap.add_argument("--skip-train", action="store_true", help="score an existing out-shakespeare-char/ckpt.pt")
     ap.add_argument("--repeats", type=int, default=0, help="alternating timed pairs of whole runs (see above)")
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                    help="comma-separated seeds: whole-split loss of both over seeds (see above)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +183,12 @@ def main() -> None:
     report = {"benchmark": "nanogpt_side_by_side", "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
               "load_avg_1min_at_start": os.getloadavg()[0]}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
+    if args.seeds:
+        report.update(over_seeds(args, data, env))
+        out = ROOT / "benchmarks" / "out" / "nanogpt_over_seeds.json"
+        out.write_text(json.dumps(report, indent=2))
+        print(json.dumps(report["summary"], indent=2))
+        return
     if args.repeats:
         report.update(side_by_side(args, env))
         args.ours = str(ROOT / "benchmarks" / "out" / "side-by-side-ours")
@@ -132,14 +196,7 @@ def main() -> None:
         report["nanogpt_wall_s"], report["nanogpt_log_tail"] = run_nanogpt(args.nanogpt, env)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         report["nanogpt_cpu_s"] = ru.ru_utime + ru.ru_stime
-    sys.path.insert(0, str(args.nanogpt))
-    from model import GPT as NanoGPT  # noqa: E402
-    from model import GPTConfig as NanoConfig  # noqa: E402
-
-    ck = torch.load(args.nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu", weights_only=True)
-    nano = NanoGPT(NanoConfig(**ck["model_args"]))
-    nano.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
-    nano.eval()
+    nano, ck = load_nanogpt(args.nanogpt)
     report.update(nanogpt_iter=ck["iter_num"], nanogpt_own_estimate=float(ck["best_val_loss"]),
                   nanogpt_exact_val_loss=exact_val_loss(lambda x, y: nano(x, y)[0], data))
     if Path(args.ours).is_dir():
