@@ -11,12 +11,14 @@ the GPT hook names for every kind of model, with shapes:
 * ``blocks.{i}.attn.hook_z`` (B, h, T, dh) per-head attention output before the output projection
 * ``blocks.{i}.attn.hook_pattern`` (B, h, T, T) softmax weights of the selected heads
 
-Bounded memory: only the selected layers/heads are kept, each moved to ``store_device`` (CPU by default)
-as soon as its layer has run; attention weights are recomputed from the captured Q/K in chunks of query
-rows (``chunk_rows``), so the forward pass keeps its fused attention kernel. ``pattern_source="eager"``
-instead asks the model for its own materialised weights (HF ``output_attentions`` with eager attention;
-a hook on GPT's ``hook_pattern``) — slower, a cross-check. No padding masks: every sequence is causal
-and full length.
+The forward runs the decoder stack only (``GPT.hidden_states``, a Hugging Face model's ``base_model``): a
+capture needs no logits, and the LM head is about a third of GPT-2's forward. Bounded memory: only the
+selected layers/heads are kept, each moved to ``store_device`` (CPU by default) as soon as its layer has run;
+attention weights are recomputed from the captured Q/K in chunks of query rows (``chunk_rows``), so the
+forward pass keeps its fused attention kernel. ``pattern_source="eager"`` instead asks the model for its own
+materialised weights (HF ``output_attentions`` with eager attention; a hook on GPT's ``hook_pattern``): every
+selected layer's full weights inside the forward itself — a cross-check. No padding masks: every sequence is
+causal and full length.
 """
 
 from __future__ import annotations
