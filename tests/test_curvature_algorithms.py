@@ -122,6 +122,11 @@ def test_slq_density_integrates_to_one_and_matches_histogram():
         assert abs(np.trapezoid(dens[sel], grid[sel]) - res.mass(lo, hi)) < 0.01
     # the nodes of a full-length Lanczos run are the eigenvalues
     assert np.allclose(np.sort(res.nodes[0]), lam.numpy(), atol=1e-8)
+    # a degenerate spectrum (2·I): the Lanczos nodes differ by rounding units only, the density still integrates
+    # to 1 and puts all its mass at 2
+    deg = slq_density(MatrixOperator(2 * torch.eye(30, dtype=torch.float64)), n_probes=2, n_iter=10, seed=0)
+    assert deg.sigma == pytest.approx(0.02)
+    assert abs(np.trapezoid(deg.density, deg.grid) - 1) < 1e-6 and deg.mass(1.9, 2.1) == pytest.approx(1.0)
 
 
 def test_spectral_density_on_model():

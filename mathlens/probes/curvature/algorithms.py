@@ -314,7 +314,9 @@ def slq_density(op, n_probes: int = 8, n_iter: int = 50, seed: int = 0, n_grid: 
         nodes[p, len(th):] = th[-1]  # padded with zero weight
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
-        sigma = sigma_rel * (hi - lo) if hi > lo else sigma_rel * max(abs(hi), 1.0)
+        # a spread of a few rounding units is a degenerate spectrum (e.g. c·I): broaden relative to its scale
+        scale = max(abs(hi), abs(lo), 1.0)
+        sigma = sigma_rel * (hi - lo) if hi - lo > 1e-8 * scale else sigma_rel * scale
     grid = np.linspace(lo - 6 * sigma, hi + 6 * sigma, n_grid)
     dens = np.zeros(n_grid)
     for th, w in zip(nodes, weights):
