@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from mathlens.errors import MathlensError
-from mathlens.stats import CI, bootstrap_ci, difference_ci, normal_ci, paired_difference_ci, slope_ci
+from mathlens.stats import (
+    CI,
+    bootstrap_ci,
+    difference_ci,
+    paired_difference_ci,
+    paired_t_ci,
+    slope_ci,
+    t_ci,
+    welch_ci,
+)
 
 
 def _coverage(method, reps=300, n=40, n_boot=400):
@@ -42,7 +51,7 @@ def test_seed_reproducible_and_seed_sensitive():
 def test_bootstrap_width_matches_t_interval():
     # For n=400 normal data the percentile CI of the mean ≈ the t interval (width within 10 %).
     x = np.random.default_rng(1).normal(size=400)
-    b, t = bootstrap_ci(x, n_boot=4000), normal_ci(x)
+    b, t = bootstrap_ci(x, n_boot=4000), t_ci(x)
     assert abs(b.width / t.width - 1) < 0.1
     assert b.estimate == pytest.approx(x.mean())
 
@@ -103,3 +112,43 @@ def test_ci_to_dict_json_and_errors():
         slope_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     with pytest.raises(MathlensError):
         slope_ci([1.0, 2.0, 3.0], [1.0, -2.0, 3.0], log=True)
+
+
+def test_t_intervals_cover_at_three_seeds_where_the_bootstrap_cannot():
+    """Means of n = 3 normal values (a suite's seeds): the t interval covers the true mean 95 % of the time;
+    the percentile bootstrap of 3 values is their range (each extreme has bootstrap mass 1/27 > 2.5 %) and
+    covers 1 − 2·(1/2)³ = 75 %. 2000 repetitions: binomial sd 0.5 % and 1 %."""
+    rng = np.random.default_rng(5)
+    t_hits = boot_hits = 0
+    for r in range(2000):
+        x = rng.normal(1.0, 2.0, size=3)
+        t_hits += t_ci(x).contains(1.0)
+        b = bootstrap_ci(x, n_boot=400, seed=r)
+        boot_hits += b.contains(1.0)
+        assert x.min() - 1e-12 <= b.low and b.high <= x.max() + 1e-12  # never wider than the 3 values' range
+    assert abs(t_hits / 2000 - 0.95) < 0.015
+    assert abs(boot_hits / 2000 - 0.75) < 0.03
+
+
+def test_t_intervals_against_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.3, 1.0, 6), rng.normal(0.0, 2.0, 9)
+    ref = stats.ttest_1samp(a, 0.0).confidence_interval(0.95)
+    ci = t_ci(a)
+    assert (ci.low, ci.high, ci.method, ci.n) == (pytest.approx(ref.low), pytest.approx(ref.high), "t", 6)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    ci = welch_ci(a, b)
+    assert (ci.low, ci.high, ci.estimate) == (pytest.approx(ref.low), pytest.approx(ref.high), pytest.approx(a.mean() - b.mean()))
+    assert ci.method == "welch-t" and ci.n == 15
+    c = a + rng.normal(0.1, 0.01, 6)  # paired: the per-seed differences are what vary
+    ref = stats.ttest_rel(c, a).confidence_interval(0.95)
+    ci = paired_t_ci(c, a)
+    assert (ci.low, ci.high, ci.method) == (pytest.approx(ref.low), pytest.approx(ref.high), "paired-t")
+    assert ci.width < welch_ci(c, a).width / 10  # pairing removes the seed-to-seed spread
+    assert t_ci([2.0]).low == t_ci([2.0]).high == 2.0 and welch_ci([1.0, 1.0], [0.0, 0.0]).width == 0.0
+    with pytest.raises(MathlensError):
+        paired_t_ci([1.0, 2.0], [1.0])
+    with pytest.raises(MathlensError):
+        welch_ci([1.0], [1.0, 2.0])

@@ -2,8 +2,12 @@
 
 It declares its source (paper / document and statement), its groups (treatment and controls), the
 pre-registered prediction, the method, and the rule that turns the measured statistic — with a 95 %
-bootstrap confidence interval over seeds — into a verdict: supported, contradicted or inconclusive.
+confidence interval over seeds — into a verdict: supported, contradicted or inconclusive.
 Verdicts are computed by the rules below, never written by hand.
+
+The interval is Student's t over the per-seed values (paired by seed for a difference of two conditions
+measured on the same seeds): suites run 3–5 seeds, and a percentile bootstrap of 3 values is their range,
+a ~74 % interval (see :mod:`mathlens.stats`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mathlens.stats import CI, bootstrap_ci, difference_ci
+from mathlens.stats import CI, paired_t_ci, t_ci, welch_ci
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 
@@ -39,9 +43,9 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def verdict_below(values, threshold: float, seed: int = 0, what: str = "statistic") -> tuple[CI, str, str]:
+def verdict_below(values, threshold: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies below ``threshold``."""
-    ci = bootstrap_ci(values, n_boot=2000, seed=seed)
+    ci = t_ci(values)
     if ci.high < threshold:
         v = SUPPORTED
     elif ci.low > threshold:
@@ -53,9 +57,9 @@ def verdict_below(values, threshold: float, seed: int = 0, what: str = "statisti
     return ci, v, rule
 
 
-def verdict_above(values, threshold: float, seed: int = 0, what: str = "statistic") -> tuple[CI, str, str]:
+def verdict_above(values, threshold: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies above ``threshold``."""
-    ci = bootstrap_ci(values, n_boot=2000, seed=seed)
+    ci = t_ci(values)
     if ci.low > threshold:
         v = SUPPORTED
     elif ci.high < threshold:
@@ -67,9 +71,9 @@ def verdict_above(values, threshold: float, seed: int = 0, what: str = "statisti
     return ci, v, rule
 
 
-def verdict_within(values, low: float, high: float, seed: int = 0, what: str = "statistic") -> tuple[CI, str, str]:
+def verdict_within(values, low: float, high: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies in [low, high] (e.g. a convergence order 1 ± 0.15)."""
-    ci = bootstrap_ci(values, n_boot=2000, seed=seed)
+    ci = t_ci(values)
     if low <= ci.low and ci.high <= high:
         v = SUPPORTED
     elif ci.high < low or ci.low > high:
@@ -81,14 +85,17 @@ def verdict_within(values, low: float, high: float, seed: int = 0, what: str = "
     return ci, v, rule
 
 
-def verdict_difference(treatment, control, direction: str = ">", seed: int = 0,
-                       what: str = "treatment − control") -> tuple[CI, str, str]:
+def verdict_difference(treatment, control, direction: str = ">", what: str = "treatment − control",
+                       paired: bool = True) -> tuple[CI, str, str]:
     """Prediction: mean(treatment) − mean(control) is > 0 (``direction=">"``) or < 0 (``"<"``).
 
-    Supported when the 95 % bootstrap CI of the difference excludes 0 on the predicted side, contradicted
-    when it excludes 0 on the other side, inconclusive when the groups do not differ beyond the CI.
+    ``paired``: ``treatment[i]`` and ``control[i]`` come from the same seed (paired t interval of the
+    per-seed differences); otherwise independent groups (Welch). Supported when the 95 % CI of the
+    difference excludes 0 on the predicted side, contradicted when it excludes 0 on the other side,
+    inconclusive when the groups do not differ beyond the CI.
     """
-    ci = difference_ci(np.asarray(treatment, float), np.asarray(control, float), n_boot=2000, seed=seed)
+    treatment, control = np.asarray(treatment, float), np.asarray(control, float)
+    ci = paired_t_ci(treatment, control) if paired else welch_ci(treatment, control)
     sign = 1 if direction == ">" else -1
     if ci.excludes(0.0) and sign * ci.estimate > 0:
         v = SUPPORTED
