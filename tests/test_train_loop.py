@@ -212,3 +212,19 @@ def test_estimated_best_is_rescored_and_consistent(corpus, tmp_path, monkeypatch
     assert load_checkpoint(res.run_dir / "checkpoints", "best").step == res.best_step
     # 8 steps at lr 1e-2 beat 2 steps by far on the whole split: the last step wins either way
     assert res.best_step == 8 and res.best_val_loss == res.final_val_loss
+
+
+def test_train_model_callbacks_count_updates_as_train_does(corpus, tmp_path):
+    """mathlens.train.train_model calls cb(step, ...) with step = updates applied (1..N), like train()."""
+    from mathlens.train import train_model
+
+    cfg = tiny_config(corpus, tmp_path / "run")
+    _, data = prepare_data(cfg)
+    seen = []
+
+    def cb(step, model, logs):
+        seen.append((step, logs["lr"]))
+
+    train_model(GPTConfig(vocab_size=data.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16), data, steps=3,
+                batch_size=4, callbacks=[cb])
+    assert [s for s, _ in seen] == [1, 2, 3]

@@ -64,7 +64,7 @@ def train_model(config: GPTConfig, data, steps: int, batch_size: int = 16, lr: f
             raise MathlensError(f"training diverged at step {step}: loss = {value} (lower the learning rate)")
         losses.append(value)
         for cb in callbacks:
-            cb(step, model, {"train_loss": value, "lr": opt.param_groups[0]["lr"]})
+            cb(step + 1, model, {"train_loss": value, "lr": opt.param_groups[0]["lr"]})  # updates done, as train()
     result = FitResult(steps, losses[-1] if losses else float("nan"), time.perf_counter() - t0, losses)
     if out_dir is not None:
         from safetensors.torch import save_model
