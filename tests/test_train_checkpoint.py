@@ -99,6 +99,31 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step-00000001"]
 
 
+def test_saving_a_step_again_never_touches_the_indexed_folder(tmp_path, monkeypatch):
+    """Re-saving step 8 (the end of a run re-marking it best) writes a new folder and then switches the index;
+    a kill before the index moves leaves the old step-8 checkpoint intact and loadable."""
+    model, opt = _trained()
+    save_checkpoint(tmp_path, 2, model, opt, {}, best=True)
+    save_checkpoint(tmp_path, 8, model, opt, {})
+    real = ckpt_mod.write_json
+
+    def crash(path, obj):
+        if path.name == "index.json":
+            raise KeyboardInterrupt  # killed after the new folder is in place, before the index switches
+        return real(path, obj)
+
+    monkeypatch.setattr(ckpt_mod, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 8, model, opt, {}, best=True)
+    monkeypatch.setattr(ckpt_mod, "write_json", real)
+    assert load_checkpoint(tmp_path, "latest").step == 8 and load_checkpoint(tmp_path, "best").step == 2
+    save_checkpoint(tmp_path, 8, model, opt, {}, best=True)  # the leftover step-00000008.1 is skipped, then removed
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["latest"] == index["best"] == "step-00000008.2"
+    assert load_checkpoint(tmp_path, "best").step == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "step-00000008.2"]
+
+
 def test_best_and_latest_are_kept_others_removed(tmp_path):
     model, opt = _trained()
     save_checkpoint(tmp_path, 1, model, opt, {}, best=True)

@@ -104,11 +104,16 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: nn.Module, optimi
                     best: bool = False) -> Path:
     """Write ``root/step-<step>/`` and make it the latest (and the best when ``best``); return its path.
 
-    Older step folders other than the latest and the best are removed afterwards.
+    A step saved again (e.g. re-marked best at the end of a run) goes to a new folder ``step-<step>.<k>``, so
+    the folder the index names is never touched before the index moves on. Older step folders other than
+    the latest and the best are removed afterwards.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
+    name, k = f"step-{step:08d}", 0
+    while (root / name).exists():  # never replace a folder the index may name: write anew, then switch the index
+        k += 1
+        name = f"step-{step:08d}.{k}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         save_model(model, str(tmp / MODEL_FILE))
@@ -123,8 +128,6 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: nn.Module, optimi
         write_json(tmp / MANIFEST, full)
         _fsync_dir(tmp)
         final = root / name
-        if final.exists():
-            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
