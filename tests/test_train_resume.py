@@ -19,9 +19,12 @@ import json, os, signal, sys, torch
 torch.set_num_threads(1)
 from mathlens.train import TrainConfig, train
 kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
+rng_dir = os.environ.get("MATHLENS_TEST_RNG_DIR")
 def cb(step, model, logs):
     if step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
+    if rng_dir and step == 1:  # what dropout would draw next on this rank
+        torch.save(torch.rand(8), os.path.join(rng_dir, "rank" + os.environ.get("RANK", "0") + ".pt"))
 train(TrainConfig.from_dict(json.loads(sys.argv[1])), callbacks=[cb], quiet=True)
 """
 
@@ -90,8 +93,11 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     worker.write_text(SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
            json.dumps(two)]  # torchrun: RANK / WORLD_SIZE in the environment, gloo on CPU
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    env = {**_env(tmp_path), "MATHLENS_TEST_RNG_DIR": str(tmp_path)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the ranks' torch streams differ (dropout masks must, as between the rows of a one-process batch)
+    assert not torch.equal(torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt"))
     a, b = _curve(ref.run_dir), _curve(tmp_path / "two")
     assert [x[:2] for x in a] == [x[:2] for x in b]
     for ra, rb in zip(a, b):

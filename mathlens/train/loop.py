@@ -113,7 +113,7 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         ckpt.load_model(model)
         tensors = ckpt.trainer_tensors()
         optimizer.load_state_dict(optimizer_from_tensors(tensors, ckpt.manifest["optimizer"]))
-        restore_rng(tensors, gen)
+        restore_rng(tensors, gen)  # rank 0's state: the checkpoint holds one
         step, state = ckpt.step, {**state, **ckpt.manifest["trainer_state"]}
         if dinfo.is_main:
             metrics.truncate(step)
@@ -121,6 +121,11 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / METRICS).unlink(missing_ok=True)
         tok.save(run_dir / TOKENIZER_DIR)
+    if dinfo.world > 1 and (dinfo.rank > 0 or not resume):
+        # the model is initialised alike everywhere (above); dropout masks must differ between ranks, as between
+        # the rows of a one-process batch (nanoGPT's seed offset). After a resume, ranks > 0 draw from a stream
+        # derived from the step (their own states are not in the checkpoint).
+        torch.manual_seed(r.seed + dinfo.rank + (1_000_003 * step if resume else 0))
     if dinfo.is_main:
         write_json(run_dir / CONFIG_FILE, config.to_dict())
     raw = model
