@@ -10,6 +10,7 @@ from mathlens.probes.capture import capture
 from mathlens.probes.geometry import IntrinsicDimension
 from mathlens.probes.trajectories import trajectory_curvature
 from mathlens.stats import ols_slope
+from mathlens.sweep.results import count_params
 
 FRAMEWORK = "Decoder-only LLM framework (abstract)"
 WIDTHS = (16, 32, 64)
@@ -33,7 +34,7 @@ class Generalisation(Experiment):
         for seed in ctx.seeds:
             for w in WIDTHS:
                 model, _ = ctx.trained_gpt(seed, n_embd=w, n_head=4)
-                N[w] = model.num_params()
+                N[w] = count_params(model.config.to_dict())[0]  # Kaplan's N: token and position tables excluded
                 v, t = ctx.eval_loss(model, "val"), ctx.eval_loss(model, "train")
                 val[w].append(v)
                 gap[w].append(v - t)
