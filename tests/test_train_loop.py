@@ -228,3 +228,26 @@ def test_train_model_callbacks_count_updates_as_train_does(corpus, tmp_path):
     train_model(GPTConfig(vocab_size=data.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16), data, steps=3,
                 batch_size=4, callbacks=[cb])
     assert [s for s, _ in seen] == [1, 2, 3]
+
+
+def test_resume_at_or_past_max_iters(corpus, tmp_path):
+    """A run stopped at step 17 (latest checkpoint: step 15, between evaluations at 10 and 20) and resumed with
+    max_iters = 15 scores the step-15 model, not the stale step-10 evaluation; max_iters below the checkpoint's
+    step is refused."""
+    run = {"max_iters": 20, "eval_interval": 10, "checkpoint_interval": 5}
+
+    def stop(step, model, logs):
+        if step == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(corpus, tmp_path / "run", run=run), callbacks=[stop], quiet=True)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints").step == 15
+    with pytest.raises(MathlensError, match="step 15, past run.max_iters = 12"):
+        train(tiny_config(corpus, tmp_path / "run", run={**run, "max_iters": 12}), resume=True, quiet=True)
+    res = train(tiny_config(corpus, tmp_path / "run", run={**run, "max_iters": 15}), resume=True, quiet=True)
+    evals = [r for r in read_metrics(res.run_dir) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 10, 15] and res.steps == 15
+    model, _ = load_run(res.run_dir, "latest")
+    _, data = prepare_data(tiny_config(corpus, tmp_path / "run", run=run))
+    assert res.final_val_loss == pytest.approx(evaluate(model, data, "val", 16, 64, torch.device("cpu")), abs=1e-6)

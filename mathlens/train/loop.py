@@ -115,6 +115,9 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         optimizer.load_state_dict(optimizer_from_tensors(tensors, ckpt.manifest["optimizer"]))
         restore_rng(tensors, gen)  # rank 0's state: the checkpoint holds one
         step, state = ckpt.step, {**state, **ckpt.manifest["trainer_state"]}
+        if step > r.max_iters:
+            raise MathlensError(f"the checkpoint in {run_dir} is at step {step}, past run.max_iters = {r.max_iters}; "
+                                f"resume with max_iters >= {step}")
         if dinfo.is_main:
             metrics.truncate(step)
     elif dinfo.is_main:
@@ -159,7 +162,8 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         if not math.isfinite(val):
             _diverged(s, val, "val_loss", run_dir)
         train_loss = state["loss_sum"] / state["loss_count"] if state["loss_count"] else None
-        state.update(loss_sum=0.0, loss_count=0, last_val_loss=val, elapsed=state["elapsed"] + time.perf_counter() - t0)
+        state.update(loss_sum=0.0, loss_count=0, last_val_loss=val, last_eval_step=s,
+                     elapsed=state["elapsed"] + time.perf_counter() - t0)
         best = val < state["best_val_loss"]
         if best:
             state.update(best_val_loss=val, best_step=s, time_to_best=state["elapsed"])
@@ -233,6 +237,8 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                 eval_and_save(step)
             elif step % ckpt_every == 0:
                 checkpoint(step, False)
+        if r.eval_iters == 0 and state.get("last_eval_step", step) != step:
+            eval_and_save(step)  # resumed at max_iters from a checkpoint between evaluations: score that model
     finally:
         progress.close()
         if tb:
