@@ -190,7 +190,10 @@ class Sparsity(Experiment):
         S = _summaries(ctx)
         tr = [_mean(s.trained, "normalised_entropy") for s in S]
         rd = [_mean(s.random, "normalised_entropy") for s in S]
-        ci, verdict, rule = verdict_difference(tr, rd, "<", what="normalised entropy (trained − random)")
+        ci, v1, r1 = verdict_difference(tr, rd, "<", what="normalised entropy (trained − random)")
+        _, v2, r2 = verdict_difference([_mean(s.trained, "top_k_mass") for s in S],
+                                       [_mean(s.random, "top_k_mass") for s in S], ">", what="top-5 mass (trained − random)")
+        verdict, rule = combine_verdicts(v1, v2), f"both of: {r1}; {r2}"
         layers = sorted(S[0].trained.layer_mean("normalised_entropy"))
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for s, ls in ((S[0].trained, "o-"), (S[0].random, "s--")):

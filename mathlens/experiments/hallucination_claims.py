@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mathlens.data import AssociativeRecall, MarkovChain
-from mathlens.experiments.base import Experiment, Outcome, verdict_above, verdict_difference
+from mathlens.experiments.base import Experiment, Outcome, combine_verdicts, verdict_above, verdict_difference
 from mathlens.models.sampling import sample_next
 from mathlens.probes.attention_stats import row_entropy
 from mathlens.probes.capture import capture
@@ -188,8 +188,10 @@ class SamplingRandomness(Experiment):
                 g = torch.Generator(device=logits.device).manual_seed(seed)
                 tok = sample_next(logits, temp, None, top_p, g)[:, 0].cpu().numpy()
                 rates[(temp, top_p)].append(float(1 - allowed[np.arange(len(tok)), tok].mean()))
-        ci, verdict, rule = verdict_difference(rates[(1.5, None)], rates[(0.5, None)], ">",
-                                               what="error rate (T=1.5 − T=0.5)")
+        ci, v1, r1 = verdict_difference(rates[(1.5, None)], rates[(0.5, None)], ">", what="error rate (T=1.5 − T=0.5)")
+        _, v2, r2 = verdict_difference(rates[(1.0, 0.9)], rates[(1.0, None)], "<",
+                                       what="error rate at T=1 (top-p 0.9 − plain)")
+        verdict, rule = combine_verdicts(v1, v2), f"both of: {r1}; {r2}"
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         labels = [f"T={t}" + (f", p={p}" if p else "") for t, p in self.SETTINGS]
         ax.bar(labels, [np.mean(rates[s]) for s in self.SETTINGS], color="#2b6cb0")
