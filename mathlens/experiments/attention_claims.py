@@ -10,7 +10,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mathlens.experiments.base import Experiment, Outcome, combine_verdicts, verdict_above, verdict_difference
+from mathlens.experiments.base import (
+    Experiment,
+    Outcome,
+    combine_verdicts,
+    verdict_above,
+    verdict_below,
+    verdict_difference,
+)
 from mathlens.probes.attention import attention_summary
 from mathlens.probes.attention_stats import rank_collapse_profile
 from mathlens.probes.capture import capture
@@ -218,7 +225,8 @@ class RankCollapse(Experiment):
     claim = "Without skip connections, self-attention loses rank doubly exponentially with depth; skips prevent it."
     source = f"{FRAMEWORK} (low rank); Dong, Cordonnier, Loukas 2021; THEORY prediction 17"
     prediction = ("At initialisation, the residual ratio ρ = ‖u − 1ūᵀ‖_F/‖u‖_F after the last of 8 steps is larger with "
-                  "skip connections than without (difference > 0), and without skips it decays towards 0.")
+                  "skip connections than without (difference > 0), and without skips it decays towards 0: it falls "
+                  "below half its value at the embedding (log10(ρ_L / ρ_0) < log10 0.5).")
     method = ("Per seed: the same 8-step GPT (post-norm off: pre-norm Lie scheme) with skip=True and skip=False, "
               "random init, on the same validation text; ρ of the residual stream after each step.")
     groups = ("with skip", "without skip")
@@ -233,7 +241,10 @@ class RankCollapse(Experiment):
                 c = capture(m, x, what=("resid",))
                 prof[skip].append(rank_collapse_profile(c.resid_states()))
         last = {k: [p[-1] for p in v] for k, v in prof.items()}
-        ci, verdict, rule = verdict_difference(last[True], last[False], ">", what="ρ_L (skip − no skip)")
+        ci, v1, r1 = verdict_difference(last[True], last[False], ">", what="ρ_L (skip − no skip)")
+        decay = [float(np.log10(p[-1] / p[0])) for p in prof[False]]
+        _, v2, r2 = verdict_below(decay, float(np.log10(0.5)), what="log10(ρ_L / ρ_0) without skips")
+        verdict, rule = combine_verdicts(v1, v2), f"both of: {r1}; {r2}"
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for skip, ls in ((True, "o-"), (False, "s--")):
             ax.semilogy(np.mean(np.array(prof[skip]), 0), ls, label="with skip" if skip else "without skip")
@@ -241,7 +252,8 @@ class RankCollapse(Experiment):
         fig.tight_layout()
         return Outcome("ρ after the last step, skip − no skip", ci, verdict, rule,
                        groups={"with skip": last[True], "without skip": last[False]},
-                       numbers={"mean profile without skip": np.mean(np.array(prof[False]), 0).tolist()},
+                       numbers={"mean profile without skip": np.mean(np.array(prof[False]), 0).tolist(),
+                                "log10(ρ_L / ρ_0) without skip": decay},
                        figure=ctx.save_figure(fig, self))
 
 
