@@ -129,7 +129,7 @@ def convergence_study(scheme: str = "lie", n_steps_list=(8, 16, 32, 64), seed: i
     if reference is None:
         reference = reference_with_error(model, u0, reference_steps, norm_position)
     u_ref, ref_err = reference
-    errors, unsplit, splitting = [], [], []
+    errors, unsplit_errors, splitting = [], [], []
     for n in n_steps_list:
         u = model(u0, n, scheme, norm_position, sample_at)
         if scheme == "parallel":
@@ -139,13 +139,13 @@ def convergence_study(scheme: str = "lie", n_steps_list=(8, 16, 32, 64), seed: i
         else:
             v = model(u0, n, "parallel", norm_position, sample_at)
         errors.append(float((u - u_ref).abs().max()))
-        unsplit.append(float((v - u_ref).abs().max()))
+        unsplit_errors.append(float((v - u_ref).abs().max()))
         splitting.append(float((u - v).abs().max()))
     dts = [model.T / n for n in n_steps_list]
     ci = slope_ci(dts, errors, n_boot=500, seed=seed, log=True)
     return ConvergenceResult(
         scheme=scheme, norm_position=norm_position, n_steps=n_steps_list, dt=dts, errors=errors,
-        order=_fit(dts, errors), order_ci=[ci.low, ci.high], unsplit_errors=unsplit, splitting_errors=splitting,
+        order=_fit(dts, errors), order_ci=[ci.low, ci.high], unsplit_errors=unsplit_errors, splitting_errors=splitting,
         splitting_order=_fit(dts, splitting) if min(splitting) > 0 else None,
         reference_steps=reference_steps, reference_error=ref_err, seed=seed,
         settings={"sample_at": sample_at, "time_dependent": time_dependent, "n_tokens": int(u0.shape[1]),
