@@ -251,3 +251,26 @@ def test_resume_at_or_past_max_iters(corpus, tmp_path):
     model, _ = load_run(res.run_dir, "latest")
     _, data = prepare_data(tiny_config(corpus, tmp_path / "run", run=run))
     assert res.final_val_loss == pytest.approx(evaluate(model, data, "val", 16, 64, torch.device("cpu")), abs=1e-6)
+
+
+def test_train_model_answers_only_trains_on_the_answer_token():
+    """answers_only=True draws batches whose non-answer targets are ignored (-1): the loss is the answer's alone."""
+    from mathlens.data import AssociativeRecall
+    from mathlens.train import train_model
+
+    task = AssociativeRecall(n_pairs=2, block_size=16, n_keys=8, n_values=8, seed=0)
+    seen = []
+    real = task.get_batch
+
+    def spy(*a, **k):
+        x, y = real(*a, **k)
+        seen.append(y)
+        return x, y
+
+    task.get_batch = spy
+    cfg = GPTConfig(vocab_size=task.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    train_model(cfg, task, steps=2, batch_size=4, answers_only=True)
+    assert all(bool((y[:, :-1] == -1).all()) and bool((y[:, -1] >= 0).all()) for y in seen) and len(seen) == 2
+    seen.clear()
+    train_model(cfg, task, steps=1, batch_size=4)
+    assert bool((seen[0] >= 0).all())  # default: every target

@@ -61,21 +61,23 @@ class Context:
         return self.train_on(self.data(), seed, **kw)
 
     def train_on(self, data, seed: int, steps: int | None = None, optimizer: str = "adamw", lr: float | None = None,
-                 batch_size: int | None = None, tag: str = "corpus", callbacks=(), **overrides):
+                 batch_size: int | None = None, tag: str = "corpus", callbacks=(), answers_only: bool = False,
+                 **overrides):
         """Train a GPT on ``data`` (a TokenDataset or synthetic task: anything with ``get_batch``) with
         :mod:`mathlens.train`; cached by its settings. Returns (model in eval mode, training result)."""
         from mathlens.train import train_model
 
         s = self.suite
         steps = steps or s.train_steps
-        key = (tag, seed, steps, optimizer, lr, batch_size, tuple(sorted(overrides.items())))
+        key = (tag, seed, steps, optimizer, lr, batch_size, answers_only, tuple(sorted(overrides.items())))
         if key not in self._models:
             overrides.setdefault("vocab_size", data.vocab_size)
             cfg = self.model_config(**overrides)
             name = f"{tag}-seed{seed}-{len(self._models):03d}"
             model, result = train_model(cfg, data, steps=steps, batch_size=batch_size or s.batch_size,
                                         lr=lr or s.lr, optimizer=optimizer, seed=seed, device=self.device,
-                                        out_dir=self.run_dir / "models" / name, callbacks=callbacks)
+                                        out_dir=self.run_dir / "models" / name, callbacks=callbacks,
+                                        answers_only=answers_only)
             self._models[key] = (model.eval(), result)
         return self._models[key]
 

@@ -34,11 +34,13 @@ class FitResult:
 
 def train_model(config: GPTConfig, data, steps: int, batch_size: int = 16, lr: float = 1e-3, optimizer: str = "adamw",
                 seed: int = 0, device: str = "cpu", weight_decay: float = 0.1, warmup: int | None = None,
-                grad_clip: float = 1.0, out_dir: str | Path | None = None, callbacks=()) -> tuple[GPT, FitResult]:
+                grad_clip: float = 1.0, out_dir: str | Path | None = None, callbacks=(),
+                answers_only: bool = False) -> tuple[GPT, FitResult]:
     """Train a fresh ``GPT(config)`` for ``steps`` AdamW/SGD steps (warm-up then cosine decay to lr/10).
 
     ``callbacks``: ``cb(step, model, logs) -> dict | None`` after each step, as in :func:`mathlens.train.train`.
     ``out_dir``: when given, the final weights are saved there (safetensors) with the result as JSON.
+    ``answers_only``: a synthetic task's loss on its answer positions only (``get_batch(answers_only=True)``).
     """
     torch.manual_seed(seed)
     model = GPT(config).to(device)
@@ -52,7 +54,8 @@ def train_model(config: GPTConfig, data, steps: int, batch_size: int = 16, lr: f
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, ocfg, steps)
-        x, y = data.get_batch("train", batch_size, config.block_size, generator=gen, device=device)
+        x, y = data.get_batch("train", batch_size, config.block_size, generator=gen, device=device,
+                              **({"answers_only": True} if answers_only else {}))
         _, loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
