@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from mathlens.stats import CI, paired_t_ci, t_ci, welch_ci
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
@@ -94,7 +92,6 @@ def verdict_difference(treatment, control, direction: str = ">", what: str = "tr
     difference excludes 0 on the predicted side, contradicted when it excludes 0 on the other side,
     inconclusive when the groups do not differ beyond the CI.
     """
-    treatment, control = np.asarray(treatment, float), np.asarray(control, float)
     ci = paired_t_ci(treatment, control) if paired else welch_ci(treatment, control)
     sign = 1 if direction == ">" else -1
     if ci.excludes(0.0) and sign * ci.estimate > 0:

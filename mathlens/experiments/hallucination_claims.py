@@ -136,15 +136,10 @@ class AttentionDilution(Experiment):
     @staticmethod
     def _late_row_entropy(ctx, seed: int, n: int) -> float:
         """Mean entropy of the last n/8 rows of every head's attention on 8 validation sequences of length n."""
-        model, _ = ctx.trained_gpt(seed)
+        model, _ = ctx.trained_gpt(seed)  # cached in eval mode
         x, _ = ctx.batch("val", seed=10_000 + seed, batch_size=8, block_size=n)
-        was = model.training
-        model.eval()
-        try:
-            c = capture(model, x, what=("q", "k"), store_device=None)
-            P = c.patterns(c.layers, dtype=torch.float64)  # (B, layers·heads, n, n)
-        finally:
-            model.train(was)
+        c = capture(model, x, what=("q", "k"), store_device=None)
+        P = c.patterns(c.layers, dtype=torch.float64)  # (B, layers·heads, n, n)
         return float(row_entropy(P[..., n - max(1, n // 8):, :]).mean())
 
     def _recall(self, ctx):
