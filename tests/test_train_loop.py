@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from mathlens.errors import MathlensError
 from mathlens.models.gpt import GPT, GPTConfig
@@ -129,6 +130,53 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["diverged"] is True and last["step"] == 14
     assert not (out / ".lock").exists()
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the calls that copy a tensor's value to the host (and, on a GPU, wait for the device)."""
+
+    READS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.n += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_step_loop_reads_losses_only_when_it_logs_evaluates_or_saves(corpus, tmp_path):
+    """Without callbacks the loop never reads a loss between log / eval / checkpoint steps: the number of host
+    reads of a run with one evaluation and one log line at the end does not grow with the number of steps
+    (before: one read per step). Both runs still write the same train-loss mean over their steps' losses."""
+    counts, results = [], []
+    for n in (12, 24):
+        cfg = tiny_config(corpus, tmp_path / f"run{n}", run={"max_iters": n, "eval_interval": n, "log_interval": 1000,
+                                                             "eval_at_start": False})
+        with _HostReads() as reads:
+            results.append(train(cfg, quiet=True))
+        counts.append(reads.n)
+    assert counts[0] == counts[1] > 0
+    evals = [r for r in read_metrics(tmp_path / "run24") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [24] and math.isfinite(evals[0]["train_loss"])
+
+
+def test_divergence_found_between_log_steps_names_the_first_bad_step(corpus, tmp_path):
+    """With the losses read only every 25 steps, a run that diverges stops naming the same first non-finite step
+    as a run that reads every step, and no checkpoint after it is written."""
+    found = []
+    for every in (1, 25):
+        cfg = tiny_config(corpus, tmp_path / f"run{every}", optim={"lr": 1e12, "min_lr": 1e11, "warmup_iters": 0,
+                                                                   "grad_clip": 0.0, "weight_decay": 0.0},
+                          run={"max_iters": 30, "log_interval": every, "eval_interval": 25, "eval_at_start": False})
+        with pytest.raises(MathlensError, match="training diverged at step") as err:
+            train(cfg, quiet=True)
+        found.append(str(err.value).split(":")[0])
+        last = read_metrics(tmp_path / f"run{every}")[-1]
+        assert last["diverged"] is True and f"step {last['step']}" in found[-1]
+        assert not (tmp_path / f"run{every}" / "checkpoints" / "index.json").exists()
+    assert found[0] == found[1]
 
 
 def test_huge_lr_diverges_with_clear_message(corpus, tmp_path):

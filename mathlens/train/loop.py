@@ -5,6 +5,11 @@ every rank draws the same global batch (same sampler state) and takes its ``batc
 DDP run sees exactly the batches of a one-process run. After each step the callbacks
 ``cb(step, model, logs) -> dict | None`` run; their dicts merge into that step's metrics.
 
+Host synchronisation: the step losses stay on the device and are read in one transfer only at steps that log,
+evaluate or save (and every step when there are callbacks, which receive the loss), so on a GPU the host queues
+steps ahead of the device. A NaN/inf loss is therefore found at the next such step; the run then stops naming
+the first non-finite step, before anything is written.
+
 Evaluation: after step 0 (``run.eval_at_start``), every ``run.eval_interval`` steps and at the end, over the
 WHOLE val split (``run.eval_iters = 0``, default) or ``eval_iters`` random batches; with estimates the
 checkpoint they chose and the last step are both scored on the whole split at the end and the better one is
@@ -181,6 +186,23 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
     progress = Progress(r.max_iters, step, r.progress if dinfo.is_main else False, quiet or not dinfo.is_main)
     b_rank = d.batch_size // dinfo.world
     rows = slice(dinfo.rank * b_rank, (dinfo.rank + 1) * b_rank)
+    pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, loss on the device) not yet read by the host
+
+    def read_losses() -> float:
+        """Copy the pending step losses to the host in one transfer (one all-reduce under DDP), stop on the first
+        non-finite one, add them to the running train-loss mean; returns the last. Between reads the loop never
+        waits for the device."""
+        values = dinfo.all_mean(torch.stack([t for _, _, t in pending])).tolist()
+        for (s, lr_s, _), v in zip(pending, values):
+            if not math.isfinite(v):
+                if dinfo.is_main:
+                    metrics.write({"step": s, "kind": "train", "train_loss": v, "lr": lr_s, "diverged": True})
+                _diverged(s, v, "train_loss", run_dir)
+            state["loss_sum"] += v
+            state["loss_count"] += 1
+        pending.clear()
+        return values[-1]
+
     try:
         if step == 0 and not resume and r.eval_at_start:
             eval_and_save(0)
@@ -203,26 +225,22 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                 loss_acc += loss.detach() / o.grad_accum
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw.parameters(), o.grad_clip)
-            train_loss = float(dinfo.all_mean(loss_acc))
-            if not math.isfinite(train_loss):
-                if dinfo.is_main:
-                    metrics.write({"step": step + 1, "kind": "train", "train_loss": train_loss, "lr": lr,
-                                   "diverged": True})
-                _diverged(step + 1, train_loss, "train_loss", run_dir)
+            pending.append((step + 1, lr, loss_acc))
+            logged = (step + 1) % r.log_interval == 0 or (step + 1) == r.max_iters
+            saved = (step + 1) % r.eval_interval == 0 or (step + 1) % ckpt_every == 0
+            # the host reads the losses only when it needs them: to log, evaluate, save or call back
+            train_loss = read_losses() if (logged or saved or callbacks) else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            dt = time.perf_counter() - t0
-            state["elapsed"] += dt
-            state["loss_sum"] += train_loss
-            state["loss_count"] += 1
+            state["elapsed"] += time.perf_counter() - t0
             tok_log += config.tokens_per_step
             logs = {"step": step, "kind": "train", "train_loss": train_loss, "lr": lr}
             for cb in callbacks:
                 extra = cb(step, raw, dict(logs))
                 if extra:
                     logs.update(extra)
-            if step % r.log_interval == 0 or len(logs) > 4 or step == r.max_iters:
+            if logged or len(logs) > 4:
                 now = time.perf_counter()
                 logs.update(tokens=step * config.tokens_per_step, tokens_per_s=tok_log / max(now - t_log, 1e-9),
                             elapsed=state["elapsed"])
