@@ -25,7 +25,8 @@ def cb(step, model, logs):
         os.kill(os.getpid(), signal.SIGKILL)
     if rng_dir and step == 1:  # what dropout would draw next on this rank
         torch.save(torch.rand(8), os.path.join(rng_dir, "rank" + os.environ.get("RANK", "0") + ".pt"))
-train(TrainConfig.from_dict(json.loads(sys.argv[1])), callbacks=[cb], quiet=True)
+resume = bool(os.environ.get("MATHLENS_TEST_RESUME"))
+train(TrainConfig.from_dict(json.loads(sys.argv[1])), callbacks=[cb], quiet=True, resume=resume)
 """
 
 
@@ -105,3 +106,30 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
             assert (va is None) == (vb is None) and (va is None or abs(va - vb) <= 1e-5), (ra, rb)
     wa, wb = _weights(ref.run_dir), _weights(tmp_path / "two")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def _torchrun(tmp_path, cfg, *args, **env):
+    worker = tmp_path / "worker.py"
+    worker.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+           json.dumps(cfg), *args]
+    return subprocess.run(cmd, env={**_env(tmp_path), **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_sigkill_then_resume_with_dropout_is_bitwise_identical(corpus, tmp_path):
+    """Each rank's dropout stream is saved with the checkpoint (rank 1's under rng.rank1.torch), so a 2-process
+    run with dropout, killed after step 7 and resumed from step 5, ends bitwise equal to an uninterrupted one."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    run = {"max_iters": 9, "eval_interval": 5}
+    ref = _torchrun(tmp_path, _config(corpus, tmp_path / "ref", **run))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cfg = _config(corpus, tmp_path / "killed", **run)
+    assert _torchrun(tmp_path, cfg, "7").returncode != 0  # both ranks SIGKILL themselves after step 7
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints").step == 5
+    assert "rng.rank1.torch" in load_checkpoint(tmp_path / "killed" / "checkpoints").trainer_tensors()
+    res = _torchrun(tmp_path, cfg, MATHLENS_TEST_RESUME="1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _curve(tmp_path / "killed") == _curve(tmp_path / "ref")
+    wa, wb = _weights(tmp_path / "ref"), _weights(tmp_path / "killed")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -4,7 +4,8 @@ Layout inside a run directory::
 
     checkpoints/step-00000250/model.safetensors     weights (tied weights stored once)
     checkpoints/step-00000250/trainer.safetensors   optimiser tensors ("optim.<param>.<name>") and RNG
-                                                    states as uint8 tensors ("rng.torch", "rng.cuda.<i>", "rng.data")
+                                                    states as uint8 tensors ("rng.torch", "rng.cuda.<i>", "rng.data"; under
+                                                    DDP also each rank r > 0's "rng.rank<r>.torch" / ".cuda")
     checkpoints/step-00000250/manifest.json         config, step, optimiser hyper-parameters, trainer state,
                                                     tokenizer reference, sha256 of both tensor files
     checkpoints/index.json                          {"latest": dir, "best": dir, "manifest_sha256": {...}}
@@ -96,13 +97,37 @@ def restore_rng(tensors: dict[str, torch.Tensor], data_generator: torch.Generato
         data_generator.set_state(tensors["rng.data"])
 
 
+def rank_rng_tensors(states: list[dict[str, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+    """``states[r]``: rank ``r``'s ``{"torch": CPU state, "cuda": its device's state or None}`` (all ranks of a
+    DDP run, gathered) -> ``rng.rank<r>.torch`` / ``rng.rank<r>.cuda`` for the ranks r > 0 (rank 0's are
+    ``rng.torch`` / ``rng.cuda.<i>``)."""
+    out = {}
+    for r, st in enumerate(states[1:], start=1):
+        out.update({f"rng.rank{r}.{k}": v for k, v in st.items() if v is not None})
+    return out
+
+
+def restore_rank_rng(tensors: dict[str, torch.Tensor], rank: int, device: torch.device) -> bool:
+    """Set this rank's torch (and CUDA device) generator from ``rng.rank<rank>.*``; False when the checkpoint
+    has no state for ``rank`` (a one-process checkpoint, or one from before per-rank states were saved)."""
+    key = f"rng.rank{rank}.torch"
+    if key not in tensors:
+        return False
+    torch.set_rng_state(tensors[key])
+    if device.type == "cuda" and f"rng.rank{rank}.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.rank{rank}.cuda"], device)
+    return True
+
+
 # ---------------------------------------------------------------- save
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     manifest: dict[str, Any], *, data_generator: torch.Generator | None = None,
-                    best: bool = False) -> Path:
+                    best: bool = False, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``root/step-<step>/`` and make it the latest (and the best when ``best``); return its path.
+
+    ``extra_tensors`` go into the trainer file beside the optimiser and RNG tensors (e.g. :func:`rank_rng_tensors`).
 
     A step saved again (e.g. re-marked best at the end of a run) goes to a new folder ``step-<step>.<k>``, so
     the folder the index names is never touched before the index moves on. Older step folders other than
@@ -117,7 +142,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: nn.Module, optimi
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         save_model(model, str(tmp / MODEL_FILE))
-        tensors = rng_tensors(data_generator)
+        tensors = {**rng_tensors(data_generator), **(extra_tensors or {})}
         meta = {}
         if optimizer is not None:
             opt_t, meta = optimizer_to_tensors(optimizer)

@@ -32,7 +32,14 @@ from torch import nn
 from mathlens.errors import MathlensError
 from mathlens.io import write_json
 from mathlens.models.gpt import GPT
-from mathlens.train.checkpoint import load_checkpoint, optimizer_from_tensors, restore_rng, save_checkpoint
+from mathlens.train.checkpoint import (
+    load_checkpoint,
+    optimizer_from_tensors,
+    rank_rng_tensors,
+    restore_rank_rng,
+    restore_rng,
+    save_checkpoint,
+)
 from mathlens.train.config import TrainConfig
 from mathlens.train.evaluate import evaluate
 from mathlens.train.optim import lr_at, make_optimizer
@@ -131,9 +138,10 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
         tok.save(run_dir / TOKENIZER_DIR)
     if dinfo.world > 1 and (dinfo.rank > 0 or not resume):
         # the model is initialised alike everywhere (above); dropout masks must differ between ranks, as between
-        # the rows of a one-process batch (nanoGPT's seed offset). After a resume, ranks > 0 draw from a stream
-        # derived from the step (their own states are not in the checkpoint).
-        torch.manual_seed(r.seed + dinfo.rank + (1_000_003 * step if resume else 0))
+        # the rows of a one-process batch (nanoGPT's seed offset). A resumed rank > 0 continues its own saved
+        # stream; a checkpoint without it (written by another world size) gives a stream derived from the step.
+        if not (resume and restore_rank_rng(tensors, dinfo.rank, device)):
+            torch.manual_seed(r.seed + dinfo.rank + (1_000_003 * step if resume else 0))
     if dinfo.is_main:
         write_json(run_dir / CONFIG_FILE, config.to_dict())
     raw = model
@@ -152,13 +160,16 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                         dinfo, iters, seed=r.seed + s)
 
     def checkpoint(s: int, best: bool) -> None:
+        ranks = dinfo.all_gather_object({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device)
+                                         if device.type == "cuda" else None}) if dinfo.world > 1 else []
         if dinfo.is_main:
             manifest = {"config": config.to_dict(), "model_config": mcfg.to_dict(), "dtype": dtype,
                         "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "fingerprint": tok.fingerprint(),
                                       "vocab_size": tok.vocab_size},
                         "data": {**data.to_dict(), "sampler": "torch.Generator state in rng.data"},
                         "trainer_state": state}
-            save_checkpoint(run_dir / CKPT_DIR, s, raw, optimizer, manifest, data_generator=gen, best=best)
+            save_checkpoint(run_dir / CKPT_DIR, s, raw, optimizer, manifest, data_generator=gen, best=best,
+                            extra_tensors=rank_rng_tensors(ranks))
         dinfo.barrier()
 
     def eval_and_save(s: int) -> None:

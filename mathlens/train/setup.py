@@ -62,6 +62,14 @@ class DistInfo:
             dist.all_reduce(x)
         return x
 
+    def all_gather_object(self, obj) -> list:
+        """``[obj of rank 0, obj of rank 1, …]`` on every rank (``[obj]`` when not distributed)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
