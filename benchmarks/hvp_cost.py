@@ -1,7 +1,9 @@
 """Cost of one Hessian-vector product vs one plain gradient with fused attention (BENCHMARKS.md, HVP section).
 
-Model: ``GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65))``, batch 16 × 128,
-float32. Workloads (each one call):
+Model (``--shape``): ``small`` (default) ``GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128,
+vocab_size=65))`` on 16 × 128 tokens; ``cpu-preset`` the ``nanogpt-char-cpu`` model (the same 4 × 128 × 4 heads,
+bias-free) on its batch, 12 × 64 tokens; ``long`` the ``small`` model on 2 × 1024 tokens (GPT-2's context); ``gpt2`` GPT-2 124M (12 × 768 × 12 heads, vocab 50304) on 8 × 1024 tokens,
+for a GPU. float32. Workloads (each one call):
 
 * ``grad_fused``            one gradient, fused SDPA (the reference);
 * ``hvp_double_backward``   exact, math attention forced (fused SDPA has no double backward), the
@@ -9,6 +11,8 @@ float32. Workloads (each one call):
 * ``hvp_double_backward_reused``  the same with the first-order graph kept between products
                             (``reuse_graph=True``): time of a product after the first; memory: the peak over
                             the first (graph-building) product and a second one;
+* ``hvp_recompute``, ``hvp_recompute_reused``  the same two with ``attention="recompute"`` (the default): fused
+                            forward, attention weights recomputed in both backward passes, never kept;
 * ``hvp_jvp``               exact, forward-over-reverse, math attention forced;
 * ``hvp_fd_central``        central differences of two fused-attention gradients;
 * ``hvp_fd_forward``        forward differences, ∇L(w) cached: one fused-attention gradient per product;
@@ -20,7 +24,7 @@ reset through ``/proc/self/clear_refs``; elsewhere ``getrusage`` peak deltas), w
 lowered so freed blocks go back to the OS; CUDA: ``torch.cuda.max_memory_allocated`` delta. Also the
 finite-difference error against the exact product vs the relative step τ.
 
-    python benchmarks/hvp_cost.py [--device cuda] [--repeats 5]
+    python benchmarks/hvp_cost.py [--shape cpu-preset] [--device cuda] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -42,19 +46,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mathlens.io import write_json  # noqa: E402
 from mathlens.probes.curvature.operators import HessianOperator, ModelLoss, relative_error  # noqa: E402
 
-WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_double_backward_reused", "hvp_jvp", "hvp_fd_central",
-             "hvp_fd_forward"]
+WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_double_backward_reused", "hvp_recompute",
+             "hvp_recompute_reused", "hvp_jvp", "hvp_fd_central", "hvp_fd_forward"]
 
 
-def build(device: str, seed: int = 0):
+SHAPES = {"small": (dict(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65), 16),
+          "cpu-preset": (dict(n_layer=4, n_embd=128, n_head=4, block_size=64, vocab_size=65, bias=False), 12),
+          "long": (dict(n_layer=4, n_embd=128, n_head=4, block_size=1024, vocab_size=65), 2),
+          "gpt2": (dict(n_layer=12, n_embd=768, n_head=12, block_size=1024, vocab_size=50304), 8)}
+
+
+def build(device: str, seed: int = 0, shape: str = "small"):
     from mathlens import GPT, GPTConfig
 
     torch.manual_seed(seed)
-    cfg = GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65)
+    kw, batch = SHAPES[shape]
+    cfg = GPTConfig(**kw)
     model = GPT(cfg).to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randint(0, 65, (16, 128), generator=g).to(device)
-    y = torch.randint(0, 65, (16, 128), generator=g).to(device)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
+    y = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g).to(device)
     return model, (lambda m, b: m(b[0], targets=b[1])[1]), [(x, y)]
 
 
@@ -65,11 +76,14 @@ def make_workload(name: str, model, loss_fn, batches, memory: bool = False):
         f = ModelLoss(model, loss_fn, batches)
         return lambda: f.value_and_grad()[1]
     if name == "hvp_double_backward_fused":
-        op = HessianOperator(model, loss_fn, batches, "double_backward", math_attention=False)
+        op = HessianOperator(model, loss_fn, batches, "double_backward", attention="model")
     elif name in ("hvp_double_backward", "hvp_jvp"):
-        op = HessianOperator(model, loss_fn, batches, name[4:], math_attention=True, reuse_graph=False)
-    elif name == "hvp_double_backward_reused":
-        op = HessianOperator(model, loss_fn, batches, "double_backward", reuse_graph=True)
+        op = HessianOperator(model, loss_fn, batches, name[4:], attention="math", reuse_graph=False)
+    elif name == "hvp_recompute":
+        op = HessianOperator(model, loss_fn, batches, "double_backward", attention="recompute", reuse_graph=False)
+    elif name in ("hvp_double_backward_reused", "hvp_recompute_reused"):
+        attention = "math" if name == "hvp_double_backward_reused" else "recompute"
+        op = HessianOperator(model, loss_fn, batches, "double_backward", attention=attention, reuse_graph=True)
         if not memory:  # time the steady state; the memory figure includes the graph-building product
             op.matvec(v)
         return (lambda: (op.matvec(v), op.matvec(v))) if memory else (lambda: op.matvec(v))
@@ -85,8 +99,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_all(device: str, repeats: int) -> dict:
-    model, loss_fn, batches = build(device)
+def time_all(device: str, repeats: int, shape: str) -> dict:
+    model, loss_fn, batches = build(device, shape=shape)
     fns = {n: make_workload(n, model, loss_fn, batches) for n in WORKLOADS}
     for fn in fns.values():  # warm-up
         fn()
@@ -101,9 +115,9 @@ def time_all(device: str, repeats: int) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def memory_child(name: str, device: str) -> None:
+def memory_child(name: str, device: str, shape: str) -> None:
     """Run in a subprocess: print the peak extra memory (bytes) of one call of ``name``."""
-    model, loss_fn, batches = build(device)
+    model, loss_fn, batches = build(device, shape=shape)
     fn = make_workload(name, model, loss_fn, batches, memory=True)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -138,19 +152,19 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def memory_all(device: str) -> dict:
+def memory_all(device: str, shape: str) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     out = {}
     for name in WORKLOADS:
-        r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device,
+        r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device, "--shape", shape,
                             "--threads", str(torch.get_num_threads())], env=env,
                            capture_output=True, text=True)
         out[name] = json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"] if r.returncode == 0 else None
     return out
 
 
-def fd_error_curve(device: str) -> dict:
-    model, loss_fn, batches = build(device)
+def fd_error_curve(device: str, shape: str) -> dict:
+    model, loss_fn, batches = build(device, shape=shape)
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(5)).to(device)
     exact = HessianOperator(model, loss_fn, batches, "double_backward").matvec(v)
     curve = {}
@@ -168,6 +182,7 @@ def fd_error_curve(device: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--skip-curve", action="store_true", help="skip the finite-difference error curve")
@@ -176,21 +191,21 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        memory_child(args.child, args.device)
+        memory_child(args.child, args.device, args.shape)
         return 0
-    model, loss_fn, batches = build(args.device)
+    model, loss_fn, batches = build(args.device, shape=args.shape)
     fused_fail = None
     try:
         make_workload("hvp_double_backward_fused", model, loss_fn, batches)()
     except Exception as err:  # the expected MathlensError
         fused_fail = str(err)
-    times = time_all(args.device, args.repeats)
-    mem = memory_all(args.device)
-    curve = {} if args.skip_curve else fd_error_curve(args.device)
+    times = time_all(args.device, args.repeats, args.shape)
+    mem = memory_all(args.device, args.shape)
+    curve = {} if args.skip_curve else fd_error_curve(args.device, args.shape)
     ref_t, ref_m = times["grad_fused"], mem["grad_fused"]
     rows = {n: {"time_s": times[n], "time_ratio": times[n] / ref_t, "peak_bytes": mem[n],
                 "memory_ratio": (mem[n] / ref_m) if (mem[n] and ref_m) else None} for n in WORKLOADS}
-    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"device": args.device, "shape": args.shape, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": args.repeats, "workloads": rows, "double_backward_fused": fused_fail or "ran",
               "fd_relative_error": curve}
     print(f"{'workload':28s} {'time':>9s} {'×grad':>6s} {'peak MiB':>9s} {'×grad':>6s}")
@@ -202,7 +217,7 @@ def main() -> int:
     print("finite-difference relative error vs exact HVP:")
     for k, e in curve.items():
         print(f"  {k:28s} {e:.2e}")
-    out = Path(__file__).resolve().parent / "out" / f"hvp_cost_{args.device.replace(':', '')}.json"
+    out = Path(__file__).resolve().parent / "out" / f"hvp_cost_{args.shape}_{args.device.replace(':', '')}.json"
     write_json(out, result)
     print("wrote", out)
     return 0

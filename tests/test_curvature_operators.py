@@ -60,13 +60,13 @@ def test_fused_attention_exact_hvp_and_finite_difference():
     model, loss_fn, batches = attention_problem(fused=True)
     H = dense_hessian(attention_problem(fused=False)[0], loss_fn, batches)
     with pytest.raises(MathlensError, match="fused attention"):
-        HessianOperator(model, loss_fn, batches, method="double_backward", math_attention=False).matvec(
+        HessianOperator(model, loss_fn, batches, method="double_backward", attention="model").matvec(
             torch.ones(ParamSpace(model).size, dtype=torch.float64))
     with pytest.raises(MathlensError, match="fused attention"):
-        HessianOperator(model, loss_fn, batches, method="jvp", math_attention=False).matvec(
+        HessianOperator(model, loss_fn, batches, method="jvp", attention="model").matvec(
             torch.ones(ParamSpace(model).size, dtype=torch.float64))
     assert relative_error(HessianOperator(model, loss_fn, batches).dense(), H) <= 1e-8  # math backend forced
-    fd = HessianOperator(model, loss_fn, batches, method="finite_difference", math_attention=False)
+    fd = HessianOperator(model, loss_fn, batches, method="finite_difference", attention="model")
     assert relative_error(fd.dense(), H) <= 1e-6
 
 
@@ -159,8 +159,8 @@ def test_mathlens_gpt_fused_attention_paths():
     n = ParamSpace(model).size
     v = torch.randn(n, generator=g, dtype=torch.float64)
     with pytest.raises(MathlensError, match="fused attention"):
-        HessianOperator(model, loss_fn, [batch], math_attention=False).matvec(v)
+        HessianOperator(model, loss_fn, [batch], attention="model").matvec(v)
     exact = HessianOperator(model, loss_fn, [batch]).matvec(v)  # math backend forced
     assert relative_error(HessianOperator(model, loss_fn, [batch], method="jvp").matvec(v), exact) <= 1e-10
-    fd = HessianOperator(model, loss_fn, [batch], method="finite_difference", math_attention=False).matvec(v)
+    fd = HessianOperator(model, loss_fn, [batch], method="finite_difference", attention="model").matvec(v)
     assert relative_error(fd, exact) <= 1e-6

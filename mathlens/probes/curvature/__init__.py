@@ -4,6 +4,7 @@ Operators (``operators.py``) are kept apart from the algorithms that use them (`
 
 * operators: :class:`ParamSpace`, :class:`ModelLoss`, :class:`HessianOperator` (double backward,
   forward-over-reverse, finite differences), :class:`GaussNewtonOperator`, :class:`MatrixOperator`;
+  exact products get through fused attention by :func:`twice_differentiable_attention` (``attention_hvp.py``);
 * algorithms: :func:`lanczos`, :func:`eigsh_top`, :func:`power_iteration`, :func:`hutchinson`,
   :func:`hutchpp`, :func:`slq_density`;
 * model-level functions: :func:`top_eigenvalues`, :func:`hessian_trace`, :func:`spectral_density`;
@@ -26,6 +27,7 @@ from mathlens.probes.curvature.algorithms import (
     power_iteration,
     slq_density,
 )
+from mathlens.probes.curvature.attention_hvp import twice_differentiable_attention
 from mathlens.probes.curvature.callback import CurvatureTracker
 from mathlens.probes.curvature.landscape import (
     LandscapeResult,
@@ -67,5 +69,5 @@ __all__ = [
     "ntk_change", "GaussNewtonOperator", "HessianOperator", "MatrixOperator", "ModelLoss", "ParamSpace",
     "eval_mode", "PacBayesResult", "SharpnessResult", "adaptive_sharpness", "keskar_sharpness", "pac_bayes_sigma",
     "hessian_operator", "hessian_trace", "spectral_density", "top_eigenvalues", "QKPair", "SymmetryResult",
-    "apply_qk_symmetry", "find_qk_pairs", "random_invertible", "symmetry_check",
+    "apply_qk_symmetry", "find_qk_pairs", "random_invertible", "symmetry_check", "twice_differentiable_attention",
 ]

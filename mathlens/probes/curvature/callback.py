@@ -32,7 +32,7 @@ class CurvatureTracker:
 
     def __init__(self, loss_fn: Callable, batches: Iterable, every: int = 100, k_top: int = 1,
                  trace_samples: int = 0, seed: int = 0, lanczos_iter: int = 20, tol: float = 1e-3,
-                 lr: float | None = None, hvp: str = "double_backward", math_attention: bool = True):
+                 lr: float | None = None, hvp: str = "double_backward", attention: str = "auto"):
         if every < 1 or k_top < 1 or lanczos_iter < k_top:
             raise MathlensError(f"need every >= 1 and 1 <= k_top <= lanczos_iter, got every={every}, "
                                 f"k_top={k_top}, lanczos_iter={lanczos_iter}")
@@ -40,14 +40,14 @@ class CurvatureTracker:
             raise MathlensError(f"trace_samples must be 0 (off) or >= 2, got {trace_samples}")
         self.loss_fn, self.batches = loss_fn, list(batches)
         self.every, self.k_top, self.trace_samples, self.seed = every, k_top, trace_samples, seed
-        self.lanczos_iter, self.tol, self.lr, self.hvp, self.math_attention = lanczos_iter, tol, lr, hvp, math_attention
+        self.lanczos_iter, self.tol, self.lr, self.hvp, self.attention = lanczos_iter, tol, lr, hvp, attention
         self.v0 = None
         self.history: list[dict] = []
 
     def __call__(self, step: int, model: nn.Module, logs: dict | None = None) -> dict | None:
         if step % self.every:
             return None
-        op = HessianOperator(model, self.loss_fn, self.batches, method=self.hvp, math_attention=self.math_attention)
+        op = HessianOperator(model, self.loss_fn, self.batches, method=self.hvp, attention=self.attention)
         v0 = self.v0 if self.v0 is not None and self.v0.shape == (op.size,) else None
         res = lanczos(op, k=self.k_top, max_iter=min(self.lanczos_iter, op.size), tol=self.tol,
                       seed=self.seed + step, v0=v0)

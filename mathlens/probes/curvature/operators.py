@@ -25,11 +25,16 @@ Hessian–vector products, three ways:
   ``fd_scheme="forward"``: ``(∇L(w + h v) − ∇L(w)) / h`` with ``∇L(w)`` computed once and cached —
   one gradient per product, error O(τ) + O(eps/τ), default ``τ = 0.3·sqrt(eps)`` (1e-4 in float32).
 
-Fused attention: PyTorch's fused SDPA kernels have neither a double backward nor forward-mode AD.
-The exact methods therefore run the model under ``sdpa_kernel(SDPBackend.MATH)`` by default
-(``math_attention=True``: same function, materialised softmax, more memory). With
-``math_attention=False`` a model whose attention is fused raises :class:`MathlensError` naming the
-fix (``math_attention=True`` or ``method="finite_difference"``).
+Attention (``attention=``): PyTorch's fused SDPA kernels have neither a double backward nor forward-mode AD, so
+the exact methods swap them for a twice-differentiable attention that computes the same function:
+
+* ``"recompute"`` (the default for ``"double_backward"``): :mod:`attention_hvp`'s attention, whose backward
+  passes recompute the weights in chunks; the kept graph holds ``q, k, v, dO`` instead of three ``(B, h, T, T)``
+  tensors per layer;
+* ``"math"`` (the default for ``"jvp"``, which needs forward-mode AD): PyTorch's math backend
+  (``sdpa_kernel(SDPBackend.MATH)``: materialised softmax);
+* ``"model"``: the model as it is; an exact product through fused attention raises :class:`MathlensError`
+  naming the fix (``attention="recompute"`` or ``method="finite_difference"``).
 
 Every evaluation runs the model in ``eval()`` mode (dropout off, so that the operator is a fixed
 symmetric matrix) and restores each module's training flag afterwards.
@@ -47,8 +52,24 @@ from torch.func import functional_call, grad, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mathlens.errors import MathlensError
+from mathlens.probes.curvature.attention_hvp import twice_differentiable_attention
 
 HVP_METHODS = ("double_backward", "jvp", "finite_difference")
+ATTENTION = ("auto", "recompute", "math", "model")
+
+
+def attention_context(attention: str, method: str):
+    """The context an exact product runs in: ``attention`` as in the module doc (``"auto"``: ``"recompute"`` for
+    the double backward, ``"math"`` for forward-mode AD, the model as it is for finite differences)."""
+    if attention not in ATTENTION:
+        raise MathlensError(f"unknown attention {attention!r}; choose one of {ATTENTION}")
+    if attention == "auto":
+        attention = {"double_backward": "recompute", "jvp": "math"}.get(method, "model")
+    if attention == "recompute":
+        if method == "jvp":
+            raise MathlensError("attention='recompute' has no forward-mode AD; use attention='math' with method='jvp'")
+        return twice_differentiable_attention()
+    return sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext()
 
 
 class ParamSpace:
@@ -224,13 +245,14 @@ class HessianOperator(_Operator):
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable,
-                 method: str = "double_backward", math_attention: bool = True, fd_step: float | None = None,
+                 method: str = "double_backward", attention: str = "auto", fd_step: float | None = None,
                  fd_scheme: str = "central", reuse_graph: bool | None = None):
         super().__init__()
         if method not in HVP_METHODS:
             raise MathlensError(f"unknown Hessian-vector method {method!r}; choose one of {HVP_METHODS}")
         self.loss = ModelLoss(model, loss_fn, batches)
-        self.model, self.method, self.math_attention = model, method, math_attention
+        self.model, self.method, self.attention = model, method, attention
+        attention_context(attention, method)  # validates the pair now
         space = self.loss.space
         self.space, self.size, self.dtype, self.device = space, space.size, space.dtype, space.device
         if fd_scheme not in ("central", "forward"):
@@ -244,19 +266,15 @@ class HessianOperator(_Operator):
         if not self.fd_step > 0:
             raise MathlensError(f"fd_step must be > 0, got {fd_step}")
 
-    def _attention_context(self):
-        exact = self.method != "finite_difference"
-        return sdpa_kernel(SDPBackend.MATH) if (exact and self.math_attention) else contextlib.nullcontext()
-
     def _matvec(self, v):
         try:
-            with self._attention_context(), eval_mode(self.model):
+            with attention_context(self.attention, self.method), eval_mode(self.model):
                 return getattr(self, "_hvp_" + self.method)(v)
         except (RuntimeError, NotImplementedError) as err:
             if _is_fused_attention_error(err):
                 raise MathlensError(
                     f"Hessian-vector product by {self.method!r} is not supported by fused attention "
-                    "(no double backward / forward AD); use math_attention=True or "
+                    "(no double backward / forward AD); use attention='auto' or "
                     "method='finite_difference'") from err
             if self.method == "jvp" and ("forward AD" in str(err) or "ZeroTensors" in str(err)):
                 raise MathlensError(
@@ -330,11 +348,14 @@ class GaussNewtonOperator(_Operator):
     """
 
     def __init__(self, model: nn.Module, output_fn: Callable, batches: Iterable, loss: str = "cross_entropy",
-                 math_attention: bool = True):
+                 attention: str = "math"):
         super().__init__()
         if loss not in OUTPUT_LOSSES:
             raise MathlensError(f"unknown output loss {loss!r}; choose one of {OUTPUT_LOSSES}")
-        self.model, self.output_fn, self.kind, self.math_attention = model, output_fn, loss, math_attention
+        if attention not in ("math", "model"):
+            raise MathlensError(f"the Gauss–Newton product uses forward-mode AD: attention must be 'math' or 'model', "
+                                f"got {attention!r}")
+        self.model, self.output_fn, self.kind, self.attention = model, output_fn, loss, attention
         self.batches = list(batches)
         if not self.batches:
             raise MathlensError("batches is empty: give at least one batch to evaluate the loss on")
@@ -352,7 +373,7 @@ class GaussNewtonOperator(_Operator):
         return (hu / logits.shape[0]).reshape(out.shape)
 
     def _matvec(self, v):
-        ctx = sdpa_kernel(SDPBackend.MATH) if self.math_attention else contextlib.nullcontext()
+        ctx = attention_context(self.attention, "jvp")
         primals = self.space.as_dict(self.w0, "model.", copy=True)
         tangents = self.space.as_dict(v, "model.", copy=True)
         gv = torch.zeros_like(v)
