@@ -3,9 +3,14 @@
 Both run the same step: forward + cross-entropy, backward, grad-norm clip 1.0, AdamW (nanoGPT decay groups),
 on random tokens; the two are timed alternately, ``--repeats`` times, and the median compared.
 Shapes: ``cpu`` = the nanogpt-char-cpu preset (4 layers, 128 wide, 4 heads, T=64, B=12, vocab 65);
-``gpt2`` = GPT-2 124M (12 layers, 768 wide, T=1024, B=12, vocab 50304), meant for a GPU:
+``gpt2`` = GPT-2 124M (12 layers, 768 wide, T=1024, B=12, vocab 50304), meant for a GPU.
 
-    python benchmarks/train_throughput.py                                    # CPU, fp32, eager
+``--loop`` (``cpu`` shape) adds ``mathlens-loop``: the same model trained by ``mathlens.train.train`` itself on the
+classic tinyshakespeare file (character level: 65 symbols, the shape's vocabulary), i.e. the whole step loop with
+its data sampling from the memory-mapped tokens, schedule, clipping and logging; its tokens/s is the loop's own
+figure for the second ``--steps`` steps of a ``2 × --steps`` run (the first are the warm-up), one run per repeat.
+
+    python benchmarks/train_throughput.py --loop                             # CPU, fp32, eager
     python benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile
 """
 
@@ -14,8 +19,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +87,28 @@ def timed(step, n: int, device) -> float:
     return time.perf_counter() - t
 
 
+def make_loop(s: dict, device, dtype: str, compile_: bool, steps: int, corpus: Path, out: Path):
+    """One repeat = one ``train()`` run of ``2 * steps`` steps; returns the seconds ``steps`` steps took in it."""
+    from mathlens.train import TrainConfig, read_metrics, train
+
+    runs = iter(range(10**6))
+
+    def run() -> float:
+        cfg = TrainConfig.from_dict({
+            "model": {"n_layer": s["n_layer"], "n_head": s["n_head"], "n_embd": s["n_embd"], "activation": "gelu_tanh",
+                      "bias": True, "dropout": 0.0},
+            "data": {"corpus": str(corpus), "block_size": s["block_size"], "batch_size": s["batch"]},
+            "optim": {"lr": 1e-4},
+            "run": {"max_iters": 2 * steps, "log_interval": steps, "eval_interval": 2 * steps, "eval_at_start": False,
+                    "device": str(device), "dtype": dtype, "compile": compile_, "progress": False,
+                    "out_dir": str(out / f"loop-{next(runs)}")}})
+        train(cfg, quiet=True)
+        last = [r for r in read_metrics(cfg.run.out_dir) if r.get("kind") == "train"][-1]
+        return steps * cfg.tokens_per_step / last["tokens_per_s"]
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=tuple(SHAPES), default="cpu")
@@ -90,6 +119,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--loop", action="store_true", help="also time mathlens.train.train's own loop (cpu shape)")
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,22 +129,38 @@ def main() -> None:
     for step, _ in steps.values():
         timed(step, args.warmup, device)
     times = {k: [] for k in steps}
-    for _ in range(args.repeats):  # alternate so load changes hit both
+    loop = None
+    if args.loop:
+        if args.shape != "cpu":
+            raise SystemExit("--loop needs --shape cpu (a character-level corpus gives the cpu shape's 65 symbols)")
+        tmp = tempfile.TemporaryDirectory()
+        os.environ.setdefault("MATHLENS_CACHE", tmp.name)
+        loop = make_loop(s, device, args.dtype, args.compile, args.steps, args.corpus, Path(tmp.name))
+        loop()  # warm-up: data preparation and the token cache
+        times["mathlens-loop"] = []
+    for _ in range(args.repeats):  # alternate so load changes hit all
         for k, (step, _) in steps.items():
             times[k].append(timed(step, args.steps, device))
+        if loop:
+            times["mathlens-loop"].append(loop())
     tokens = args.steps * s["batch"] * s["block_size"]
     tps = {k: tokens / statistics.median(v) for k, v in times.items()}
     report = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "args": vars(args), "shape": s,
+              "threads": torch.get_num_threads(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "shape": s,
               "params": {k: v[1] for k, v in steps.items()}, "tokens_per_s": tps,
               "all_tokens_per_s": {k: [tokens / t for t in v] for k, v in times.items()},
               "ratio_mathlens_over_hf": tps["mathlens"] / tps["hf"]}
+    if loop:
+        report["ratio_loop_over_hf"] = tps["mathlens-loop"] / tps["hf"]
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"train_throughput_{args.shape}_{device.type}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"mathlens {tps['mathlens']:,.0f} tok/s, HF GPT2LMHeadModel {tps['hf']:,.0f} tok/s, "
           f"ratio {report['ratio_mathlens_over_hf']:.2f}")
+    if loop:
+        print(f"mathlens train() loop {tps['mathlens-loop']:,.0f} tok/s, ratio to HF {report['ratio_loop_over_hf']:.2f}")
 
 
 if __name__ == "__main__":
