@@ -67,8 +67,7 @@ class Capture:
 
     def kv_index(self, heads: list[int] | None = None) -> list[int]:
         """The key/value head that each selected query head reads."""
-        g = self.n_head // self.n_kv_head
-        return [h // g for h in (self.heads if heads is None else heads)]
+        return kv_index(self.heads if heads is None else heads, self.n_head, self.n_kv_head)
 
     def keys_for_heads(self, layer: int, name: str = "k", batch: int | None = None) -> Tensor:
         """``blocks.{layer}.attn.hook_{name}`` with one key/value head per selected query head
@@ -114,6 +113,11 @@ class Capture:
         if device is not None:
             q, k = q.to(device), k.to(device)
         return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype)
+
+
+def kv_index(heads: list[int], n_head: int, n_kv_head: int) -> list[int]:
+    """The key/value head each query head in ``heads`` reads: ``h // (n_head // n_kv_head)`` (grouped queries)."""
+    return [h // (n_head // n_kv_head) for h in heads]
 
 
 def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, chunk_rows: int = 256,
@@ -203,7 +207,7 @@ class _Recorder:
             P = attention_pattern(q, k, 0.0, self.a.causal, self.chunk, self.dtype, self.store, pattern_fn=fn)
             P = self._sel(P)
         else:
-            kv = [h // (self.a.n_head // self.a.n_kv_head) for h in self.heads]
+            kv = kv_index(self.heads, self.a.n_head, self.a.n_kv_head)
             P = attention_pattern(self._sel(q), k[:, kv], self.a.scale(i), self.a.causal, self.chunk,
                                   self.dtype, self.store)
         self.tensors[f"blocks.{i}.attn.hook_pattern"] = P
