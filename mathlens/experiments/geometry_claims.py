@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from mathlens.experiments.base import Experiment, Outcome, verdict_below, verdict_difference
 from mathlens.probes.capture import capture
@@ -59,8 +60,12 @@ class LatentGeometry(Experiment):
                   "the last layer more than in the same architecture at random initialisation "
                   "(difference of the changes, trained − random, < 0).")
     method = ("Per seed: trained GPT and its random-init twin on the same validation text; residual states after each "
-              "step; TwoNN ID of all token states per layer; curvature c_t = angle(x_{t+1} − x_{t}, x_{t+2} − x_{t+1}). "
-              "With the smollm2 extra (not in the quick suite), the same on SmolLM2-135M vs its random init.")
+              "step; TwoNN ID per layer of the token states, one per distinct (token, position) pair (at random "
+              "initialisation the states of one token at one position barely depend on the context, so repeats form "
+              "tight clusters whose spread TwoNN reads instead: ID < 1 after the embedding); curvature "
+              "c_t = angle(x_{t+1} − x_{t}, x_{t+2} − x_{t+1}). "
+              "With the smollm2 extra (not in the quick suite), the same on SmolLM2-135M vs its random init, the ID "
+              "over one state per distinct token (its rotary positions never enter the residual stream).")
     groups = ("trained", "random init")
     probes = ("capture", "geometry.IntrinsicDimension", "geometry.trajectory_curvature")
 
@@ -75,7 +80,8 @@ class LatentGeometry(Experiment):
                 change[group].append(float(c[-1] - c[1]))
                 if seed == ctx.seeds[0]:
                     curv[group] = [float(v) for v in c]
-                    ids[group] = [IntrinsicDimension("twonn").fit(s.reshape(-1, s.shape[-1]).double()).dimension_
+                    keep = _distinct_token_positions(x)
+                    ids[group] = [IntrinsicDimension("twonn").fit(s.reshape(-1, s.shape[-1])[keep].double()).dimension_
                                   for s in states]
         ci, verdict, rule = verdict_difference(change["trained"], change["random init"], "<",
                                                what="curvature change last − first layer (trained − random)")
@@ -111,10 +117,18 @@ class LatentGeometry(Experiment):
             states = [u.double() for u in capture(m, idx, what=("resid",)).resid_states()]
             c = trajectory_curvature(states).mean_curvature
             out[f"SmolLM2-135M curvature change last − first layer, {group}"] = float(c[-1] - c[1])
+            # rotary positions never enter the residual stream: one state per distinct token (first occurrence)
+            keep = torch.from_numpy(np.unique(idx[0].cpu().numpy(), return_index=True)[1])
             out[f"SmolLM2-135M TwoNN ID per layer, {group}"] = [
-                IntrinsicDimension("twonn").fit(u[0]).dimension_ for u in states[:: max(1, len(states) // 8)]]
+                IntrinsicDimension("twonn").fit(u[0][keep]).dimension_ for u in states[:: max(1, len(states) // 8)]]
         out["SmolLM2-135M width d"] = int(states[0].shape[-1])
         return out
+
+
+def _distinct_token_positions(x: torch.Tensor) -> torch.Tensor:
+    """Indices into ``x.reshape(-1)`` (x: (B, T) token ids) of the first occurrence of each (token, position) pair."""
+    key = (x * x.shape[1] + torch.arange(x.shape[1], device=x.device)).reshape(-1).cpu().numpy()
+    return torch.from_numpy(np.unique(key, return_index=True)[1]).to(x.device)
 
 
 EXPERIMENTS = [Generalisation, LatentGeometry]
