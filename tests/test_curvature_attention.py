@@ -22,8 +22,8 @@ def _second_order(fn, q, k, v, go, tangents, **kw):
     return (o, *g, *hv)
 
 
-@pytest.mark.parametrize("case", ["plain", "causal", "float_mask", "bool_mask", "gqa_causal", "causal_chunks",
-                                  "mask_chunks"])
+@pytest.mark.parametrize("case", ["plain", "causal", "float_mask", "bool_mask", "hidden_row", "gqa_causal",
+                                  "causal_chunks", "mask_chunks"])
 def test_attention_matches_math_backend_to_second_order(case, monkeypatch):
     if case.endswith("chunks") or case == "gqa_causal":
         monkeypatch.setattr(ah, "CHUNK_ELEMENTS", 0)  # the minimum: 8 query rows a chunk
@@ -38,16 +38,49 @@ def test_attention_matches_math_backend_to_second_order(case, monkeypatch):
     kw = {"is_causal": "causal" in case, "enable_gqa": case == "gqa_causal"}
     if "float_mask" in case or case == "mask_chunks":
         kw["attn_mask"] = rnd(1, h, T, T)
-    if case == "bool_mask":
+    if case in ("bool_mask", "hidden_row"):
         mask = torch.rand(B, 1, T, T, generator=g) > 0.3
-        mask[..., 0] = True  # every row sees a key
+        mask[..., 0] = True  # every row sees a key ...
+        if case == "hidden_row":
+            mask[1, :, 3] = False  # ... but row 3 of sequence 1 (left padding): weights 0, not NaN
         kw["attn_mask"] = mask
     go, tangents = rnd(B, h, T, d), (rnd(B, h, T, d), rnd(B, hk, T, d), rnd(B, hk, T, d))
     with sdpa_kernel(SDPBackend.MATH):
         ref = _second_order(F.scaled_dot_product_attention, q, k, v, go, tangents, **kw)
     got = _second_order(ah.attention, q, k, v, go, tangents, **kw)
     for name, a, b in zip(("out", "dq", "dk", "dv", "Hq", "Hk", "Hv"), got, ref):
-        assert (a - b).abs().max() <= 1e-12 * max(1.0, b.abs().max()), name
+        assert torch.isfinite(a).all() and (a - b).abs().max() <= 1e-12 * max(1.0, b.abs().max()), name
+
+
+@pytest.mark.parametrize("case", ["mask_with_gradient", "broadcast_kv_heads", "dropout", "bfloat16", "mask_1d"])
+def test_calls_it_does_not_cover_run_the_math_backend_under_the_swap(case):
+    """Inside twice_differentiable_attention every call has a double backward: the ones the recompute attention does
+    not cover go to PyTorch's math backend (a fused kernel would fail), with the same first and second derivatives."""
+    g = torch.Generator().manual_seed(3)
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float64
+    B, h, T, d = 2, 2, 6, 4
+    q = torch.randn(B, h, T, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    k = torch.randn(B, 1 if case == "broadcast_kv_heads" else h, T, d, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn_like(k)
+    k.requires_grad_(), v.requires_grad_()
+    kw = {"dropout_p": 0.5} if case == "dropout" else {}
+    if case == "mask_with_gradient":
+        kw["attn_mask"] = torch.randn(T, T, generator=g, dtype=dtype).requires_grad_()
+    if case == "mask_1d":
+        kw["attn_mask"] = torch.randn(T, generator=g, dtype=dtype)
+
+    def hvp():
+        torch.manual_seed(0)  # the same dropout mask both times
+        o = F.scaled_dot_product_attention(q, k, v, **kw)
+        inputs = (q, k, v) + ((kw["attn_mask"],) if case == "mask_with_gradient" else ())
+        grads = torch.autograd.grad(o.float().square().sum(), inputs, create_graph=True)
+        return grads + torch.autograd.grad(sum(gr.float().sum() for gr in grads), inputs)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = hvp()
+    with ah.twice_differentiable_attention():
+        got = hvp()
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
 def test_attention_passes_gradgradcheck(monkeypatch):

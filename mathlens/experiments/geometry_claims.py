@@ -65,7 +65,8 @@ class LatentGeometry(Experiment):
               "tight clusters whose spread TwoNN reads instead: ID < 1 after the embedding); curvature "
               "c_t = angle(x_{t+1} − x_{t}, x_{t+2} − x_{t+1}). "
               "With the smollm2 extra (not in the quick suite), the same on SmolLM2-135M vs its random init, the ID "
-              "over one state per distinct token (its rotary positions never enter the residual stream).")
+              "over one state per distinct token (no position embedding is added to its residual stream: rotary "
+              "positions act inside attention).")
     groups = ("trained", "random init")
     probes = ("capture", "geometry.IntrinsicDimension", "geometry.trajectory_curvature")
 
@@ -81,8 +82,8 @@ class LatentGeometry(Experiment):
                 if seed == ctx.seeds[0]:
                     curv[group] = [float(v) for v in c]
                     keep = _distinct_token_positions(x)
-                    ids[group] = [IntrinsicDimension("twonn").fit(s.reshape(-1, s.shape[-1])[keep].double()).dimension_
-                                  for s in states]
+                    ids[group] = [IntrinsicDimension("twonn").fit(u.reshape(-1, u.shape[-1])[keep.to(u.device)].double())
+                                  .dimension_ for u in states]
         ci, verdict, rule = verdict_difference(change["trained"], change["random init"], "<",
                                                what="curvature change last − first layer (trained − random)")
         width = states[0].shape[-1]
@@ -117,10 +118,11 @@ class LatentGeometry(Experiment):
             states = [u.double() for u in capture(m, idx, what=("resid",)).resid_states()]
             c = trajectory_curvature(states).mean_curvature
             out[f"SmolLM2-135M curvature change last − first layer, {group}"] = float(c[-1] - c[1])
-            # rotary positions never enter the residual stream: one state per distinct token (first occurrence)
+            # no position embedding is added to the residual stream (rotary positions act inside attention), so at
+            # random init repeats of a token stay near-duplicates: one state per distinct token (first occurrence)
             keep = torch.from_numpy(np.unique(idx[0].cpu().numpy(), return_index=True)[1])
             out[f"SmolLM2-135M TwoNN ID per layer, {group}"] = [
-                IntrinsicDimension("twonn").fit(u[0][keep]).dimension_ for u in states[:: max(1, len(states) // 8)]]
+                IntrinsicDimension("twonn").fit(u[0][keep.to(u.device)]).dimension_ for u in states[:: max(1, len(states) // 8)]]
         out["SmolLM2-135M width d"] = int(states[0].shape[-1])
         return out
 
@@ -128,7 +130,7 @@ class LatentGeometry(Experiment):
 def _distinct_token_positions(x: torch.Tensor) -> torch.Tensor:
     """Indices into ``x.reshape(-1)`` (x: (B, T) token ids) of the first occurrence of each (token, position) pair."""
     key = (x * x.shape[1] + torch.arange(x.shape[1], device=x.device)).reshape(-1).cpu().numpy()
-    return torch.from_numpy(np.unique(key, return_index=True)[1]).to(x.device)
+    return torch.from_numpy(np.unique(key, return_index=True)[1])
 
 
 EXPERIMENTS = [Generalisation, LatentGeometry]

@@ -3,8 +3,8 @@
 PyTorch's fused ``scaled_dot_product_attention`` kernels have no double backward. Its math backend has one, but
 the graph a double backward keeps holds the ``(B, h, T, T)`` weights three times per layer (the softmax, its
 gradient and the score gradient): at GPT-2's T = 1024 that is 0.4 GiB a tensor. Here the forward runs the fused
-kernel and saves only ``q, k, v``; the first backward saves only ``q, k, v, dO``; both backward passes recompute
-the weights in chunks of query rows. Per head, with ``S = c q kᵀ + M`` (``M``: the additive mask, −∞ where a key is
+kernel and saves ``q, k, v``, its output ``O`` and the mask; the first backward saves the same and ``dO``; both
+backward passes recompute the weights in chunks of query rows (under GQA the saved ``k, v`` are the repeated ones). Per head, with ``S = c q kᵀ + M`` (``M``: the additive mask, −∞ where a key is
 hidden), ``P = softmax(S)`` row-wise and ``O = P v``:
 
 * first backward (given ``dO``): ``dP = dO vᵀ``, ``D = rowsum(P ⊙ dP)``, ``dS = P ⊙ (dP − D)``,
@@ -15,8 +15,10 @@ hidden), ``P = softmax(S)`` row-wise and ``O = P v``:
   ``q̄ = c (dS gk + S̄ k)``, ``k̄ = c (dSᵀ gq + S̄ᵀ q)``, ``v̄ = dP̄ᵀ dO``, ``dŌ = P gv + dP̄ v``.
 
 Every row of ``P`` is independent, so each chunk of rows contributes its own ``q̄, dŌ`` rows and a sum to
-``k̄, v̄``. :func:`twice_differentiable_attention` swaps every ``F.scaled_dot_product_attention`` call (our GPT
-and Hugging Face models alike) for this one while it is active.
+``k̄, v̄``. A row with no visible key has ``P = 0`` (as in PyTorch's kernels), so it contributes nothing.
+:func:`twice_differentiable_attention` swaps every ``F.scaled_dot_product_attention`` call (our GPT and Hugging Face
+models alike) for this one while it is active, on the thread that enters it; the calls this attention does not cover
+run PyTorch's math backend, which has a double backward too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 #: entries of one chunk of weights ``(B, h, rows, T)`` on the CPU: 2^20 float32 = 4 MiB, cache-sized. On the 4 × 128
@@ -60,7 +63,10 @@ def _weights(qs: Tensor, k: Tensor, mask: Tensor | None, causal: bool, start: in
     if causal:
         s.masked_fill_(torch.ones(end - start, n_keys, dtype=torch.bool, device=s.device).triu_(start + 1),
                        float("-inf"))
-    return torch.softmax(s, dim=-1), kc
+    P = torch.softmax(s, dim=-1)
+    if mask is not None:  # a row whose keys are all hidden: softmax gives NaN, PyTorch's kernels give 0
+        P = P.nan_to_num_(nan=0.0)
+    return P, kc
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -138,18 +144,23 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, 
               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention`` with the memory-light double backward (module doc), same arguments.
 
-    ``q: (..., h, T, d)``, ``k: (..., h_kv, S, d)``, ``v: (..., h_kv, S, d_v)`` -> ``(..., h, T, d_v)``. Dropout,
-    half precision and causal cross-attention (T ≠ S) go to PyTorch's own function.
+    ``q: (B, h, T, d)``, ``k: (B, h_kv, S, d)``, ``v: (B, h_kv, S, d_v)`` -> ``(B, h, T, d_v)``. Dropout, half
+    precision, causal cross-attention (T ≠ S), a mask with a gradient or of fewer than 2 dimensions, and key/value
+    batches or heads that only broadcast run PyTorch's math backend instead.
     """
-    if (dropout_p > 0 or q.dtype not in (torch.float32, torch.float64) or q.dim() != 4
-            or (is_causal and q.shape[-2] != k.shape[-2]) or (is_causal and attn_mask is not None)):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                              scale=scale, enable_gqa=enable_gqa)
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
-        rep = q.shape[-3] // k.shape[-3]
-        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    if enable_gqa and q.dim() == 4 and k.dim() == 4 and k.shape[1] != q.shape[1] and q.shape[1] % k.shape[1] == 0:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    covered = (dropout_p == 0 and q.dtype in (torch.float32, torch.float64) and q.dim() == k.dim() == v.dim() == 4
+               and k.shape[:2] == v.shape[:2] == q.shape[:2] and k.dtype == v.dtype == q.dtype
+               and not (is_causal and (q.shape[-2] != k.shape[-2] or attn_mask is not None))
+               and (attn_mask is None or (attn_mask.dim() >= 2 and not attn_mask.requires_grad)))
+    if not covered:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                  is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
-        attn_mask = attn_mask.detach().to(q.dtype)  # broadcastable to (B, h, T, S); no gradient flows to it
+        attn_mask = attn_mask.to(q.dtype)  # broadcastable to (B, h, T, S)
     c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return _Attention.apply(q, k, v, attn_mask, c, bool(is_causal))
 

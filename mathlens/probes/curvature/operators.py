@@ -274,7 +274,7 @@ class HessianOperator(_Operator):
             if _is_fused_attention_error(err):
                 raise MathlensError(
                     f"Hessian-vector product by {self.method!r} is not supported by fused attention "
-                    "(no double backward / forward AD); use attention='auto' or "
+                    "(no double backward / forward AD); use attention='recompute' (double backward) or 'math', or "
                     "method='finite_difference'") from err
             if self.method == "jvp" and ("forward AD" in str(err) or "ZeroTensors" in str(err)):
                 raise MathlensError(
@@ -352,9 +352,9 @@ class GaussNewtonOperator(_Operator):
         super().__init__()
         if loss not in OUTPUT_LOSSES:
             raise MathlensError(f"unknown output loss {loss!r}; choose one of {OUTPUT_LOSSES}")
-        if attention not in ("math", "model"):
-            raise MathlensError(f"the Gauss–Newton product uses forward-mode AD: attention must be 'math' or 'model', "
-                                f"got {attention!r}")
+        if attention not in ("auto", "math", "model"):
+            raise MathlensError(f"the Gauss–Newton product uses forward-mode AD: attention must be 'auto' (= 'math'), "
+                                f"'math' or 'model', got {attention!r}")
         self.model, self.output_fn, self.kind, self.attention = model, output_fn, loss, attention
         self.batches = list(batches)
         if not self.batches:
