@@ -322,3 +322,24 @@ def test_train_model_answers_only_trains_on_the_answer_token():
     seen.clear()
     train_model(cfg, task, steps=1, batch_size=4)
     assert bool((seen[0] >= 0).all())  # default: every target
+
+
+@pytest.mark.slow
+def test_gpu_preset_code_path_compile_bf16_dropout_runs_and_resumes_on_cpu(corpus, tmp_path):
+    """The nanogpt-char-gpu preset's settings (torch.compile, bf16 autocast, dropout 0.2, estimated evaluations) on a
+    tiny model on the CPU: trains, scores its best exactly, and resumes from its checkpoint (≈ 1 min, mostly compile)."""
+    from mathlens.train.presets import preset
+
+    d = preset("nanogpt-char-gpu")
+    d["model"].update(n_layer=1, n_head=2, n_embd=16)
+    d["data"].update(corpus=str(corpus), block_size=16, batch_size=4)
+    d["run"].update(max_iters=10, eval_interval=5, eval_iters=3, device="cpu", out_dir=str(tmp_path / "run"),
+                    progress=False)
+    cfg = TrainConfig.from_dict(d)
+    assert cfg.run.compile and cfg.run.dtype == "bfloat16"
+    first = train(cfg, quiet=True)
+    assert first.steps == 10 and math.isfinite(first.best_val_loss)
+    d["run"]["max_iters"] = 15
+    res = train(TrainConfig.from_dict(d), quiet=True, resume=True)
+    assert res.steps == 15 and math.isfinite(res.final_val_loss)
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"] == [0, 5, 10, 15]
