@@ -3,7 +3,7 @@
 Model (``--shape``): ``small`` (default) ``GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4, block_size=128,
 vocab_size=65))`` on 16 × 128 tokens; ``cpu-preset`` the ``nanogpt-char-cpu`` model (the same 4 × 128 × 4 heads,
 bias-free) on its batch, 12 × 64 tokens; ``long`` the ``small`` model on 2 × 1024 tokens (GPT-2's context); ``gpt2`` GPT-2 124M (12 × 768 × 12 heads, vocab 50304) on 8 × 1024 tokens,
-for a GPU. float32. Workloads (each one call):
+for a GPU (``gpt2-b1``: one sequence, for the CPU). float32. Workloads (each one call):
 
 * ``grad_fused``            one gradient, fused SDPA (the reference);
 * ``hvp_double_backward``   exact, math attention forced (fused SDPA has no double backward), the
@@ -53,7 +53,8 @@ WORKLOADS = ["grad_fused", "hvp_double_backward", "hvp_double_backward_reused", 
 SHAPES = {"small": (dict(n_layer=4, n_embd=128, n_head=4, block_size=128, vocab_size=65), 16),
           "cpu-preset": (dict(n_layer=4, n_embd=128, n_head=4, block_size=64, vocab_size=65, bias=False), 12),
           "long": (dict(n_layer=4, n_embd=128, n_head=4, block_size=1024, vocab_size=65), 2),
-          "gpt2": (dict(n_layer=12, n_embd=768, n_head=12, block_size=1024, vocab_size=50304), 8)}
+          "gpt2": (dict(n_layer=12, n_embd=768, n_head=12, block_size=1024, vocab_size=50304), 8),
+          "gpt2-b1": (dict(n_layer=12, n_embd=768, n_head=12, block_size=1024, vocab_size=50304), 1)}
 
 
 def build(device: str, seed: int = 0, shape: str = "small"):
@@ -186,10 +187,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--skip-curve", action="store_true", help="skip the finite-difference error curve")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset (grad_fused is always run)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the per-workload memory (each in its own process); the timing keeps every workload's "
+                         "operator alive at once, which does not fit in 24 GiB at the gpt2 shapes")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    WORKLOADS[:] = ["grad_fused"] + [w for w in args.workloads.split(",") if w in WORKLOADS and w != "grad_fused"]
     if args.child:
         memory_child(args.child, args.device, args.shape)
         return 0
@@ -199,7 +205,7 @@ def main() -> int:
         make_workload("hvp_double_backward_fused", model, loss_fn, batches)()
     except Exception as err:  # the expected MathlensError
         fused_fail = str(err)
-    times = time_all(args.device, args.repeats, args.shape)
+    times = dict.fromkeys(WORKLOADS, float("nan")) if args.memory_only else time_all(args.device, args.repeats, args.shape)
     mem = memory_all(args.device, args.shape)
     curve = {} if args.skip_curve else fd_error_curve(args.device, args.shape)
     ref_t, ref_m = times["grad_fused"], mem["grad_fused"]
