@@ -164,3 +164,11 @@ def test_mathlens_gpt_fused_attention_paths():
     assert relative_error(HessianOperator(model, loss_fn, [batch], method="jvp").matvec(v), exact) <= 1e-10
     fd = HessianOperator(model, loss_fn, [batch], method="finite_difference", attention="model").matvec(v)
     assert relative_error(fd, exact) <= 1e-6
+
+
+def test_loss_linear_in_the_parameters_has_a_zero_hessian():
+    """∇L of a loss linear in w carries no graph; the double-backward product is then exactly zero, not an error."""
+    model = torch.nn.Linear(3, 1).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = HessianOperator(model, lambda m, b: m(b).sum(), [x, 2 * x])
+    assert torch.equal(op.matvec(torch.ones(4, dtype=torch.float64)), torch.zeros(4, dtype=torch.float64))

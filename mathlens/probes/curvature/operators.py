@@ -186,15 +186,15 @@ class ModelLoss:
     def value_and_grad(self, w: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """``(L(w), ∇L(w): (n_params,))`` with first-order autograd only (fused attention is fine)."""
         w = (self.w0 if w is None else w).detach().requires_grad_(True)
-        total, g = 0.0, torch.zeros_like(w)
+        total, g = 0.0, None  # one flat gradient buffer: no zero-filled accumulator, in-place sum and mean
         with eval_mode(self.model):
             for b in self.batches:
                 loss = self.batch_loss(w, b)
                 (gb,) = torch.autograd.grad(loss, w)
                 total += float(loss.detach())
-                g += gb
+                g = gb if g is None else g.add_(gb)
         n = len(self.batches)
-        return total / n, g / n
+        return total / n, (g.div_(n) if n > 1 else g)
 
 
 class _Operator:
@@ -259,7 +259,7 @@ class HessianOperator(_Operator):
             raise MathlensError(f"fd_scheme must be 'central' or 'forward', got {fd_scheme!r}")
         self.fd_scheme, self._g0 = fd_scheme, None
         self.reuse_graph = len(self.loss.batches) == 1 if reuse_graph is None else bool(reuse_graph)
-        self._graphs: list[tuple[torch.Tensor, ...]] | None = None  # ∇L of each batch, with its graph
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (w, ∇L) of each batch, with its graph
         eps = torch.finfo(self.dtype).eps
         default = 0.2 * eps ** (1 / 3) if fd_scheme == "central" else 0.3 * eps**0.5
         self.fd_step = float(default) if fd_step is None else float(fd_step)
@@ -283,23 +283,27 @@ class HessianOperator(_Operator):
                     "or write the loss with elementary ops") from err
             raise
 
-    def _first_order(self, b) -> tuple[torch.Tensor, ...]:
-        """``∇_w loss(batch b)`` with its graph (``create_graph=True``), for a backward through it."""
-        loss = self.loss._check_scalar(self.loss.loss_fn(self.model, b))
-        return torch.autograd.grad(loss, self.space.params, create_graph=True)
+    def _first_order(self, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w, ∇_w loss(batch b))`` with the gradient's graph (``create_graph=True``), ``w: (n_params,)`` a fresh
+        leaf on the parameters: the gradient and every product come out flat, with no per-parameter lists to join."""
+        w = self.loss.w0.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.loss.batch_loss(w, b), w, create_graph=True)
+        return w, g
 
     def _hvp_double_backward(self, v):
-        params, vs = self.space.params, self.space.unflatten(v)
         if self.reuse_graph and self._graphs is None:
             self._graphs = [self._first_order(b) for b in self.loss.batches]
-        hv = [torch.zeros_like(p) for p in params]
+        hv = None
         for j, b in enumerate(self.loss.batches):
-            g = self._graphs[j] if self.reuse_graph else self._first_order(b)
-            dot = sum((gi * vi).sum() for gi, vi in zip(g, vs))
-            for acc, h in zip(hv, torch.autograd.grad(dot, params, allow_unused=True, retain_graph=self.reuse_graph)):
-                if h is not None:
-                    acc += h
-        return self.space.flatten(hv) / len(self.loss.batches)
+            w, g = self._graphs[j] if self.reuse_graph else self._first_order(b)
+            if g.requires_grad:
+                (h,) = torch.autograd.grad(torch.dot(g, v), w, retain_graph=self.reuse_graph, allow_unused=True)
+            else:  # a loss linear in w: its gradient has no graph, its Hessian is zero
+                h = None
+            h = torch.zeros_like(w) if h is None else h
+            hv = h if hv is None else hv.add_(h)
+        n = len(self.loss.batches)
+        return hv.div_(n) if n > 1 else hv
 
     def release(self) -> None:
         """Free the first-order graphs kept by ``reuse_graph`` (the next product rebuilds them)."""
