@@ -160,8 +160,8 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                         dinfo, iters, seed=r.seed + s)
 
     def checkpoint(s: int, best: bool) -> None:
-        ranks = dinfo.all_gather_object({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device)
-                                         if device.type == "cuda" else None}) if dinfo.world > 1 else []
+        ranks = dinfo.all_gather_object({"torch": torch.get_rng_state(),  # [one state] in a one-process run
+                                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
         if dinfo.is_main:
             manifest = {"config": config.to_dict(), "model_config": mcfg.to_dict(), "dtype": dtype,
                         "tokenizer": {"path": TOKENIZER_DIR, "kind": tok.kind, "fingerprint": tok.fingerprint(),

@@ -4,8 +4,9 @@ PyTorch's fused ``scaled_dot_product_attention`` kernels have no double backward
 the graph a double backward keeps holds the ``(B, h, T, T)`` weights three times per layer (the softmax, its
 gradient and the score gradient): at GPT-2's T = 1024 that is 0.4 GiB a tensor. Here the forward runs the fused
 kernel and saves ``q, k, v``, its output ``O`` and the mask; the first backward saves the same and ``dO``; both
-backward passes recompute the weights in chunks of query rows (under GQA the saved ``k, v`` are the repeated ones). Per head, with ``S = c q kᵀ + M`` (``M``: the additive mask, −∞ where a key is
-hidden), ``P = softmax(S)`` row-wise and ``O = P v``:
+backward passes recompute the weights in chunks of query rows (under GQA the saved ``k, v`` are the repeated
+ones). Per head, with ``S = c q kᵀ + M`` (``M``: the additive mask, −∞ where a key is hidden),
+``P = softmax(S)`` row-wise and ``O = P v``:
 
 * first backward (given ``dO``): ``dP = dO vᵀ``, ``D = rowsum(P ⊙ dP)``, ``dS = P ⊙ (dP − D)``,
   ``dq = c dS k``, ``dk = c dSᵀ q``, ``dv = Pᵀ dO``;

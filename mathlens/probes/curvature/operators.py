@@ -29,7 +29,7 @@ Attention (``attention=``): PyTorch's fused SDPA kernels have neither a double b
 the exact methods swap them for a twice-differentiable attention that computes the same function:
 
 * ``"recompute"`` (the default for ``"double_backward"``): :mod:`attention_hvp`'s attention, whose backward
-  passes recompute the weights in chunks; the kept graph holds ``q, k, v, dO`` instead of three ``(B, h, T, T)``
+  passes recompute the weights in chunks; the kept graph holds ``q, k, v, O, dO`` instead of three ``(B, h, T, T)``
   tensors per layer;
 * ``"math"`` (the default for ``"jvp"``, which needs forward-mode AD): PyTorch's math backend
   (``sdpa_kernel(SDPBackend.MATH)``: materialised softmax);
@@ -67,7 +67,8 @@ def attention_context(attention: str, method: str):
         attention = {"double_backward": "recompute", "jvp": "math"}.get(method, "model")
     if attention == "recompute":
         if method == "jvp":
-            raise MathlensError("attention='recompute' has no forward-mode AD; use attention='math' with method='jvp'")
+            raise MathlensError("attention='recompute' has no forward-mode AD (needed by method='jvp' and the "
+                                "Gauss–Newton product); use attention='math'")
         return twice_differentiable_attention()
     return sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext()
 
@@ -356,9 +357,7 @@ class GaussNewtonOperator(_Operator):
         super().__init__()
         if loss not in OUTPUT_LOSSES:
             raise MathlensError(f"unknown output loss {loss!r}; choose one of {OUTPUT_LOSSES}")
-        if attention not in ("auto", "math", "model"):
-            raise MathlensError(f"the Gauss–Newton product uses forward-mode AD: attention must be 'auto' (= 'math'), "
-                                f"'math' or 'model', got {attention!r}")
+        attention_context(attention, "jvp")  # validates: forward-mode AD takes 'auto' (= 'math'), 'math' or 'model'
         self.model, self.output_fn, self.kind, self.attention = model, output_fn, loss, attention
         self.batches = list(batches)
         if not self.batches:
