@@ -8,7 +8,8 @@
 ``train.py`` (README CPU flags) then ``mathlens train --preset nanogpt-char-cpu --eval-iters 20`` (the same
 20-batch periodic evaluations; mathlens re-scores its best checkpoint on the whole split at the end, inside
 its timed process), each timed from launch to exit; medians and the median of paired ratios. ``--threads 0``
-leaves both at torch's default thread count.
+leaves both at torch's default thread count. ``--preset NAME`` runs another mathlens preset in place of
+``nanogpt-char-cpu`` (``nanogpt-char-cpu-rope``: the same recipe with rotary positions).
 
 ``--seeds 1337,1,2``: quality over seeds — for each seed, nanoGPT's ``train.py`` with its hard-coded seed 1337
 replaced (a temporary copy, ``train_seed.py``, deleted afterwards) and ``--always_save_checkpoint=True`` (its
@@ -84,10 +85,11 @@ def run_nanogpt(nanogpt: Path, env: dict, script: str = "train.py", extra=()) ->
     return wall, proc.stdout.splitlines()[-3:]
 
 
-def run_ours(data: str, out: Path, env: dict, seed: int | None = None) -> tuple[float, dict]:
+def run_ours(data: str, out: Path, env: dict, seed: int | None = None,
+             preset: str = "nanogpt-char-cpu") -> tuple[float, dict]:
     t0 = time.perf_counter()
     seed_args = [] if seed is None else ["--seed", str(seed)]
-    proc = subprocess.run([str(Path(sys.executable).parent / "mathlens"), "train", "--preset", "nanogpt-char-cpu", "--data", data,
+    proc = subprocess.run([str(Path(sys.executable).parent / "mathlens"), "train", "--preset", preset, "--data", data,
                            "--out", str(out), "--eval-iters", "20", "--quiet", *seed_args],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -106,7 +108,7 @@ def side_by_side(args, env: dict) -> dict:
         out = ROOT / "benchmarks" / "out" / "side-by-side-ours"
         shutil.rmtree(out, ignore_errors=True)
         tn, tail = run_nanogpt(args.nanogpt, env)
-        to, res = run_ours(args.data, out, env)
+        to, res = run_ours(args.data, out, env, preset=args.preset)
         nano.append(tn)
         ours.append(to)
         runs.append({"repeat": r, "nanogpt_process_s": tn, "nanogpt_log_tail": tail, "mathlens_process_s": to,
@@ -151,7 +153,7 @@ def over_seeds(args, data: TokenDataset, env: dict) -> dict:
         nano, ck = load_nanogpt(args.nanogpt)
         out = ROOT / "benchmarks" / "out" / f"side-by-side-seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
-        run_ours(args.data, out, env, seed)
+        run_ours(args.data, out, env, seed, args.preset)
         ours, _ = load_run(str(out), "latest")
         rows.append({"seed": seed, "nanogpt_iter": ck["iter_num"], "nanogpt": exact_val_loss(lambda x, y, m=nano: m(x, y)[0], data),
                      "mathlens": exact_val_loss(lambda x, y, m=ours: m(x)[0], data)})
@@ -172,6 +174,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
+    ap.add_argument("--preset", default="nanogpt-char-cpu",
+                    help="mathlens preset to run (nanogpt-char-cpu-rope: the same recipe with rotary positions)")
     ap.add_argument("--skip-train", action="store_true", help="score an existing out-shakespeare-char/ckpt.pt")
     ap.add_argument("--repeats", type=int, default=0, help="alternating timed pairs of whole runs (see above)")
     ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
@@ -181,6 +185,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = prepare(args.nanogpt, Path(args.data).read_text(encoding="utf-8"))
     report = {"benchmark": "nanogpt_side_by_side", "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+              "mathlens_preset": args.preset,
               "load_avg_1min_at_start": os.getloadavg()[0]}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
     if args.seeds:

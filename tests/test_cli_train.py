@@ -71,6 +71,18 @@ def test_flags_override_config_file(corpus, tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["steps"] == 6
 
 
+def test_rope_preset_is_the_cpu_recipe_with_rotary_positions(corpus, tmp_path):
+    from mathlens.train.presets import preset
+
+    base, rope = preset("nanogpt-char-cpu"), preset("nanogpt-char-cpu-rope")
+    assert rope["model"].pop("positional") == "rope" and "positional" not in base["model"]
+    assert rope["run"].pop("out_dir") == base["run"].pop("out_dir") + "-rope"
+    assert rope == base  # nothing else differs
+    out = tmp_path / "rope"
+    assert main(["train", "--preset", "nanogpt-char-cpu-rope", "--data", str(corpus), *TINY, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["positional"] == "rope"
+
+
 def _write(tmp_path, name, data: bytes):
     p = tmp_path / name
     p.write_bytes(data)

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
                               f"--config the {DEFAULT_PRESET} preset is the base. --resume without --config reuses "
                               "the run's saved config.json.")
     p.add_argument("--config", help="TOML (or JSON) file with [model] [data] [optim] [run] tables")
-    p.add_argument("--preset", help="named recipe: nanogpt-char-cpu (default), nanogpt-char-gpu")
+    p.add_argument("--preset", help="named recipe: nanogpt-char-cpu (default), nanogpt-char-gpu, and both with rotary positions (nanogpt-char-cpu-rope, nanogpt-char-gpu-rope)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     for flag, (section, key, tp) in FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), type=tp, default=None, help=f"{section}.{key}")

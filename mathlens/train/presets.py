@@ -4,6 +4,10 @@ Both follow nanoGPT's character-level Shakespeare recipes (``config/train_shakes
 CPU command of its README): tied embeddings, no biases (nanoGPT's ``train.py`` sets ``bias = False``),
 AdamW with β = (0.9, 0.99), weight decay 0.1 on every ≥ 2-D parameter, grad clip 1.0, warmup 100,
 cosine decay of lr 1e-3 to min_lr 1e-4 at ``lr_decay_iters = max_iters``.
+
+``nanogpt-char-cpu-rope`` / ``nanogpt-char-gpu-rope``: the same recipes with one change, rotary position
+embeddings (RoFormer) in place of learned absolute positions. On the CPU recipe that lowers the whole-split
+validation loss from 1.905 ± 0.009 to about 1.79 (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ PRESETS: dict[str, dict] = {
                 "compile": True, "out_dir": "runs/nanogpt-char-gpu"},
     },
 }
+for _name in ("nanogpt-char-cpu", "nanogpt-char-gpu"):
+    _rope = copy.deepcopy(PRESETS[_name])
+    _rope["model"]["positional"] = "rope"
+    _rope["run"]["out_dir"] += "-rope"
+    PRESETS[f"{_name}-rope"] = _rope
 
 
 def preset(name: str) -> dict:
