@@ -3,6 +3,7 @@
 
     python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT [--threads 1] [--ours benchmarks/out/nanogpt-char-cpu]
     python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT --repeats 3 --threads 0
+    python benchmarks/nanogpt_side_by_side.py NANOGPT_CHECKOUT --recipe gpu --repeats 1   # on a GPU
 
 ``--repeats R``: time to quality side by side — R alternating pairs of whole processes, nanoGPT's
 ``train.py`` (README CPU flags) then ``mathlens train --preset nanogpt-char-cpu --eval-iters 20`` (the same
@@ -10,6 +11,10 @@
 its timed process), each timed from launch to exit; medians and the median of paired ratios. ``--threads 0``
 leaves both at torch's default thread count. ``--preset NAME`` runs another mathlens preset in place of
 ``nanogpt-char-cpu`` (``nanogpt-char-cpu-rope``: the same recipe with rotary positions).
+
+``--recipe gpu``: the GPU recipe instead, on CUDA — nanoGPT's ``config/train_shakespeare_char.py`` as it is
+(6 × 384, T = 256, B = 64, 5000 iterations, dropout 0.2, compile, bf16) against the ``nanogpt-char-gpu`` preset
+with 200-batch periodic evaluations like nanoGPT's; both scored with contexts of 256 tokens.
 
 ``--seeds 1337,1,2``: quality over seeds — for each seed, nanoGPT's ``train.py`` with its hard-coded seed 1337
 replaced (a temporary copy, ``train_seed.py``, deleted afterwards) and ``--always_save_checkpoint=True`` (its
@@ -48,6 +53,9 @@ from mathlens.train import load_run  # noqa: E402
 README_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
               "--lr_decay_iters=2000", "--dropout=0.0"]
+# recipe -> (nanoGPT's flags over config/train_shakespeare_char.py, mathlens preset, mathlens eval flags, context)
+RECIPES = {"cpu": (README_CPU, "nanogpt-char-cpu", ["--eval-iters", "20"], 64),
+           "gpu": ([], "nanogpt-char-gpu", ["--eval-iters", "200"], 256)}  # the config file as is: its GPU recipe
 
 
 def prepare(nanogpt: Path, text: str) -> TokenDataset:
@@ -64,10 +72,11 @@ def prepare(nanogpt: Path, text: str) -> TokenDataset:
 
 
 @torch.no_grad()
-def exact_val_loss(forward, data: TokenDataset) -> float:
-    """Σ −log p over every val target once / n; ``forward(x, y) -> logits (B, T, V)``."""
+def exact_val_loss(forward, data: TokenDataset, block: int = 64, device: str = "cpu") -> float:
+    """Σ −log p over every val target once / n, contexts of ``block`` tokens; ``forward(x, y) -> logits (B, T, V)``."""
     total, count = 0.0, 0
-    for x, y in data.iter_eval_batches("val", 64, 64):
+    for x, y in data.iter_eval_batches("val", block, 64):
+        x, y = x.to(device), y.to(device)
         logits = forward(x, y)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
                                  ignore_index=IGNORE_INDEX, reduction="sum").item()
@@ -75,9 +84,9 @@ def exact_val_loss(forward, data: TokenDataset) -> float:
     return total / count
 
 
-def run_nanogpt(nanogpt: Path, env: dict, script: str = "train.py", extra=()) -> tuple[float, list[str]]:
+def run_nanogpt(nanogpt: Path, env: dict, script: str = "train.py", extra=(), recipe: str = "cpu") -> tuple[float, list[str]]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, script, "config/train_shakespeare_char.py", *README_CPU, *extra],
+    proc = subprocess.run([sys.executable, script, "config/train_shakespeare_char.py", *RECIPES[recipe][0], *extra],
                           cwd=nanogpt, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -86,11 +95,11 @@ def run_nanogpt(nanogpt: Path, env: dict, script: str = "train.py", extra=()) ->
 
 
 def run_ours(data: str, out: Path, env: dict, seed: int | None = None,
-             preset: str = "nanogpt-char-cpu") -> tuple[float, dict]:
+             preset: str = "nanogpt-char-cpu", recipe: str = "cpu") -> tuple[float, dict]:
     t0 = time.perf_counter()
     seed_args = [] if seed is None else ["--seed", str(seed)]
-    proc = subprocess.run([str(Path(sys.executable).parent / "mathlens"), "train", "--preset", preset, "--data", data,
-                           "--out", str(out), "--eval-iters", "20", "--quiet", *seed_args],
+    proc = subprocess.run([sys.executable, "-m", "mathlens", "train", "--preset", preset, "--data", data,
+                           "--out", str(out), *RECIPES[recipe][2], "--quiet", *seed_args],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -107,8 +116,8 @@ def side_by_side(args, env: dict) -> dict:
     for r in range(args.repeats):
         out = ROOT / "benchmarks" / "out" / "side-by-side-ours"
         shutil.rmtree(out, ignore_errors=True)
-        tn, tail = run_nanogpt(args.nanogpt, env)
-        to, res = run_ours(args.data, out, env, preset=args.preset)
+        tn, tail = run_nanogpt(args.nanogpt, env, recipe=args.recipe)
+        to, res = run_ours(args.data, out, env, preset=args.preset, recipe=args.recipe)
         nano.append(tn)
         ours.append(to)
         runs.append({"repeat": r, "nanogpt_process_s": tn, "nanogpt_log_tail": tail, "mathlens_process_s": to,
@@ -120,16 +129,16 @@ def side_by_side(args, env: dict) -> dict:
             "median_paired_ratio_mathlens_over_nanogpt": statistics.median(o / n for o, n in zip(ours, nano))}
 
 
-def load_nanogpt(nanogpt: Path):
+def load_nanogpt(nanogpt: Path, device: str = "cpu"):
     """nanoGPT's best checkpoint ``out-shakespeare-char/ckpt.pt`` as its own model class (weights only)."""
     sys.path.insert(0, str(nanogpt))
     from model import GPT as NanoGPT  # noqa: E402
     from model import GPTConfig as NanoConfig  # noqa: E402
 
-    ck = torch.load(nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location="cpu", weights_only=True)
+    ck = torch.load(nanogpt / "out-shakespeare-char" / "ckpt.pt", map_location=device, weights_only=True)
     nano = NanoGPT(NanoConfig(**ck["model_args"]))
     nano.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
-    return nano.eval(), ck
+    return nano.to(device).eval(), ck
 
 
 def over_seeds(args, data: TokenDataset, env: dict) -> dict:
@@ -142,21 +151,21 @@ def over_seeds(args, data: TokenDataset, env: dict) -> dict:
     source = (args.nanogpt / "train.py").read_text()
     if source.count("1337") != 1:
         sys.exit("nanoGPT's train.py no longer has exactly one hard-coded seed 1337; cannot vary the seed")
-    rows = []
+    rows, ev = [], (RECIPES[args.recipe][3], args.device)
     for seed in args.seeds:
         patched = args.nanogpt / "train_seed.py"
         patched.write_text(source.replace("1337", str(seed)))
         try:
-            run_nanogpt(args.nanogpt, env, patched.name, ["--always_save_checkpoint=True"])
+            run_nanogpt(args.nanogpt, env, patched.name, ["--always_save_checkpoint=True"], args.recipe)
         finally:
             patched.unlink()
-        nano, ck = load_nanogpt(args.nanogpt)
+        nano, ck = load_nanogpt(args.nanogpt, args.device)
         out = ROOT / "benchmarks" / "out" / f"side-by-side-seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
-        run_ours(args.data, out, env, seed, args.preset)
-        ours, _ = load_run(str(out), "latest")
-        rows.append({"seed": seed, "nanogpt_iter": ck["iter_num"], "nanogpt": exact_val_loss(lambda x, y, m=nano: m(x, y)[0], data),
-                     "mathlens": exact_val_loss(lambda x, y, m=ours: m(x)[0], data)})
+        run_ours(args.data, out, env, seed, args.preset, args.recipe)
+        ours, _ = load_run(str(out), "latest", device=args.device)
+        rows.append({"seed": seed, "nanogpt_iter": ck["iter_num"], "nanogpt": exact_val_loss(lambda x, y, m=nano: m(x, y)[0], data, *ev),
+                     "mathlens": exact_val_loss(lambda x, y, m=ours: m(x)[0], data, *ev)})
         print(f"seed {seed}: nanoGPT {rows[-1]['nanogpt']:.4f}, mathlens {rows[-1]['mathlens']:.4f}", flush=True)
     a, b = [r["mathlens"] for r in rows], [r["nanogpt"] for r in rows]
     summary = {k: {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else None}
@@ -174,18 +183,23 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
-    ap.add_argument("--preset", default="nanogpt-char-cpu",
-                    help="mathlens preset to run (nanogpt-char-cpu-rope: the same recipe with rotary positions)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="cpu",
+                    help="cpu: the README's CPU flags (default); gpu: config/train_shakespeare_char.py as is")
+    ap.add_argument("--preset", default=None,
+                    help="mathlens preset (default: the recipe's, nanogpt-char-cpu or nanogpt-char-gpu; "
+                         "nanogpt-char-cpu-rope: the same recipe with rotary positions)")
     ap.add_argument("--skip-train", action="store_true", help="score an existing out-shakespeare-char/ckpt.pt")
     ap.add_argument("--repeats", type=int, default=0, help="alternating timed pairs of whole runs (see above)")
     ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                     help="comma-separated seeds: whole-split loss of both over seeds (see above)")
     args = ap.parse_args()
+    args.preset = args.preset or RECIPES[args.recipe][1]
+    args.device = "cuda" if args.recipe == "gpu" else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     data = prepare(args.nanogpt, Path(args.data).read_text(encoding="utf-8"))
     report = {"benchmark": "nanogpt_side_by_side", "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
-              "mathlens_preset": args.preset,
+              "mathlens_preset": args.preset, "recipe": args.recipe,
               "load_avg_1min_at_start": os.getloadavg()[0]}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
     if args.seeds:
@@ -198,15 +212,16 @@ def main() -> None:
         report.update(side_by_side(args, env))
         args.ours = str(ROOT / "benchmarks" / "out" / "side-by-side-ours")
     elif not args.skip_train:
-        report["nanogpt_wall_s"], report["nanogpt_log_tail"] = run_nanogpt(args.nanogpt, env)
+        report["nanogpt_wall_s"], report["nanogpt_log_tail"] = run_nanogpt(args.nanogpt, env, recipe=args.recipe)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         report["nanogpt_cpu_s"] = ru.ru_utime + ru.ru_stime
-    nano, ck = load_nanogpt(args.nanogpt)
+    ev = (RECIPES[args.recipe][3], args.device)
+    nano, ck = load_nanogpt(args.nanogpt, args.device)
     report.update(nanogpt_iter=ck["iter_num"], nanogpt_own_estimate=float(ck["best_val_loss"]),
-                  nanogpt_exact_val_loss=exact_val_loss(lambda x, y: nano(x, y)[0], data))
+                  nanogpt_exact_val_loss=exact_val_loss(lambda x, y: nano(x, y)[0], data, *ev))
     if Path(args.ours).is_dir():
-        ours, _ = load_run(args.ours, "best")
-        report["mathlens_exact_val_loss_same_split"] = exact_val_loss(lambda x, y: ours(x)[0], data)
+        ours, _ = load_run(args.ours, "best", device=args.device)
+        report["mathlens_exact_val_loss_same_split"] = exact_val_loss(lambda x, y: ours(x)[0], data, *ev)
     out = ROOT / "benchmarks" / "out" / "nanogpt_side_by_side.json"
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

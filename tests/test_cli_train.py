@@ -71,6 +71,16 @@ def test_flags_override_config_file(corpus, tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["steps"] == 6
 
 
+def test_python_m_mathlens_runs_the_cli_and_passes_exit_codes(tmp_path):
+    """``python -m mathlens`` (a checkout on PYTHONPATH, as on a bare GPU machine) is the same CLI: a bad input
+    ends with exit code 2 and one line."""
+    ok = subprocess.run([sys.executable, "-m", "mathlens", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("mathlens ")
+    bad = subprocess.run([sys.executable, "-m", "mathlens", "train", "--data", str(tmp_path / "missing.txt"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "missing.txt" in bad.stderr
+
+
 def test_rope_preset_is_the_cpu_recipe_with_rotary_positions(corpus, tmp_path):
     from mathlens.train.presets import preset
 
