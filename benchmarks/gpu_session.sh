@@ -12,7 +12,8 @@
 #
 # Stages, in the order worth running (minutes are estimates, not measurements):
 #   env         (≈ 1)  nvidia-smi, torch / transformers versions, a 2-layer GPT step on CUDA
-#   throughput  (≈ 4)  train_throughput --shape gpt2, bf16, compile: mathlens vs Hugging Face GPT-2 (#3)
+#   throughput  (≈ 6)  train_throughput --shape gpt2, bf16, compile, PyTorch's SDPA choice then cuDNN first:
+#                      mathlens vs Hugging Face GPT-2 (#3)
 #   recipe      (≈ 8)  nanoGPT's GPU recipe side by side: nanoGPT train.py, then mathlens --preset nanogpt-char-gpu,
 #                      both scored on the whole val split (#3: ≤ 1.48, time to best)
 #   probes      (≈ 6)  intrinsic_dimension (20,000 × 768), capture_cost --shape gpt2, hvp_cost --shape gpt2,
@@ -77,9 +78,11 @@ print("GPT step on CUDA: loss", float(loss))
 EOF
     ;;
 throughput)
-    $PY benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile --repeats 5 2>&1 \
-        | tee "$OUT/throughput.log"
-    keep benchmarks/out/train_throughput_gpt2_cuda.json
+    for attn in auto cudnn; do
+        $PY benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile --repeats 5 \
+            --attention $attn 2>&1 | tee -a "$OUT/throughput.log"
+    done
+    keep benchmarks/out/train_throughput_gpt2_cuda.json benchmarks/out/train_throughput_gpt2_cuda_cudnn.json
     ;;
 recipe)
     [ -f .gpu/nanogpt/train.py ] || { echo "no .gpu/nanogpt: run 'NANOGPT=... gpu_session.sh prepare' here first"; exit 2; }

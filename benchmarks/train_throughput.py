@@ -17,7 +17,6 @@ figure for the second ``--steps`` steps of a ``2 × --steps`` run (the first are
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from mathlens.models.gpt import GPT, GPTConfig  # noqa: E402
 from mathlens.train import OptimConfig, make_optimizer  # noqa: E402
+from mathlens.train.setup import autocast_for  # noqa: E402
 
 SHAPES = {
     "cpu": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch": 12, "vocab_size": 65},
@@ -55,11 +55,11 @@ def build(kind: str, s: dict, device):
     return GPT2LMHeadModel(cfg).to(device), lambda m, x: m(input_ids=x, labels=x).loss
 
 
-def make_step(kind, s, device, dtype, compile_):
+def make_step(kind, s, device, dtype, compile_, attention="auto"):
     model, loss_fn = build(kind, s, device)
     opt = make_optimizer(model, OptimConfig(lr=1e-4), device.type)
     fwd = torch.compile(model) if compile_ else model
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+    _, amp = autocast_for(dtype, device, attention)  # the train loop's own autocast and SDPA-backend context
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def step():
@@ -119,13 +119,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--attention", default="auto", help="SDPA backend tried first for both models (run.attention): "
+                    "auto, flash, cudnn, efficient, math")
     ap.add_argument("--loop", action="store_true", help="also time mathlens.train.train's own loop (cpu shape)")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, s = torch.device(args.device), SHAPES[args.shape]
-    steps = {k: make_step(k, s, device, args.dtype, args.compile) for k in ("mathlens", "hf")}
+    steps = {k: make_step(k, s, device, args.dtype, args.compile, args.attention) for k in ("mathlens", "hf")}
     for step, _ in steps.values():
         timed(step, args.warmup, device)
     times = {k: [] for k in steps}
@@ -155,7 +157,8 @@ def main() -> None:
         report["ratio_loop_over_hf"] = tps["mathlens-loop"] / tps["hf"]
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_throughput_{args.shape}_{device.type}.json").write_text(json.dumps(report, indent=2))
+    tag = "" if args.attention == "auto" else f"_{args.attention}"
+    (out / f"train_throughput_{args.shape}_{device.type}{tag}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"mathlens {tps['mathlens']:,.0f} tok/s, HF GPT2LMHeadModel {tps['hf']:,.0f} tok/s, "
           f"ratio {report['ratio_mathlens_over_hf']:.2f}")

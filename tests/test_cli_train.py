@@ -100,7 +100,8 @@ def _write(tmp_path, name, data: bytes):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "binary", "not_utf8", "too_short", "unknown_name", "online",
-                                  "neg_lr", "zero_batch", "unknown_key", "unknown_section", "bad_preset"])
+                                  "neg_lr", "zero_batch", "unknown_key", "unknown_section", "bad_preset",
+                                  "bad_attention"])
 def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     data, extra, needles = None, [], []
@@ -133,6 +134,8 @@ def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
         extra, needles = ["--config", str(cfg)], ["unknown section 'training'"]
     elif case == "bad_preset":
         extra, needles = ["--preset", "gpt5"], ["unknown preset 'gpt5'"]
+    elif case == "bad_attention":
+        extra, needles = ["--attention", "fast"], ["run.attention = 'fast'", "cudnn"]
     argv = ["train", "--out", str(out), *TINY, *extra] + (["--data", data] if data else ["--data", "tinyshakespeare"])
     _fails(capsys, argv, *needles)
     assert not out.exists()

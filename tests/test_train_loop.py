@@ -343,3 +343,22 @@ def test_gpu_preset_code_path_compile_bf16_dropout_runs_and_resumes_on_cpu(corpu
     res = train(TrainConfig.from_dict(d), quiet=True, resume=True)
     assert res.steps == 15 and math.isfinite(res.final_val_loss)
     assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"] == [0, 5, 10, 15]
+
+
+@pytest.mark.parametrize("attention, kernel", [("auto", "flash"), ("math", "math"), ("flash", "flash"),
+                                               ("cudnn", "flash")])  # no cuDNN on the CPU: the next in order
+def test_run_attention_puts_that_sdpa_backend_first(attention, kernel):
+    """``run.attention`` wraps every step and evaluation in ``sdpa_kernel``: on the CPU, which has one fused kernel
+    and no priorities, ``"math"`` runs the materialised softmax and the CUDA backends leave PyTorch's choice."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from mathlens.train.setup import autocast_for
+
+    _, ctx = autocast_for("float32", torch.device("cpu"), attention)
+    q = torch.randn(2, 2, 8, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, ctx():
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    names = {e.key for e in prof.key_averages()}
+    want = {"flash": "aten::_scaled_dot_product_flash_attention_for_cpu", "math": "aten::_scaled_dot_product_attention_math"}
+    assert want[kernel] in names and want["math" if kernel == "flash" else "flash"] not in names, names

@@ -24,6 +24,7 @@ FLAGS = {
     "out": ("run", "out_dir", str), "max_iters": ("run", "max_iters", int), "seed": ("run", "seed", int),
     "eval_interval": ("run", "eval_interval", int), "eval_iters": ("run", "eval_iters", int),
     "log_interval": ("run", "log_interval", int), "device": ("run", "device", str), "dtype": ("run", "dtype", str),
+    "attention": ("run", "attention", str),
 }
 
 

@@ -31,6 +31,9 @@ SECTIONS = ("model", "data", "optim", "run")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
+#: ``run.attention`` -> the ``torch.nn.attention.SDPBackend`` tried first (the rest follow in this order)
+ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                      "math": "MATH"}
 #: model fields that [data] and the tokenizer decide
 _DERIVED_MODEL_KEYS = ("vocab_size", "block_size")
 
@@ -113,6 +116,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else float32) | float32 | bfloat16
     compile: bool = False
+    attention: str = "auto"  # SDPA backend tried first: auto (PyTorch's order) | flash | cudnn | efficient | math
     seed: int = 1337
     out_dir: str = "runs/run"
     tensorboard: bool = False
@@ -124,6 +128,8 @@ class RunConfig:
         _positive("run", self, "eval_iters", allow_zero=True)
         if self.dtype not in DTYPES:
             raise _bad("run.dtype", self.dtype, ", ".join(DTYPES))
+        if self.attention != "auto" and self.attention not in ATTENTION_BACKENDS:
+            raise _bad("run.attention", self.attention, "auto, " + ", ".join(ATTENTION_BACKENDS))
         dev = self.device.split(":")[0]
         if dev not in ("auto", "cpu", "cuda", "mps"):
             raise _bad("run.device", self.device, "auto, cpu, cuda, cuda:N, mps")

@@ -98,7 +98,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bo
         raise MathlensError(f"nothing to resume in {run_dir} (no checkpoint there)")
     tok, data = prepare_data(config, run_dir if resume else None)
     mcfg = config.model_config(tok.vocab_size)
-    dtype, autocast = autocast_for(r.dtype, device)
+    dtype, autocast = autocast_for(r.dtype, device, r.attention)
     lock = RunLock(run_dir) if dinfo.is_main else None
     try:
         if lock:

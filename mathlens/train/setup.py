@@ -14,7 +14,7 @@ from mathlens.data.corpora import check_corpus_length, load_corpus
 from mathlens.data.dataset import TokenDataset
 from mathlens.data.tokenizers import load_tokenizer, train_tokenizer
 from mathlens.errors import MathlensError
-from mathlens.train.config import TrainConfig
+from mathlens.train.config import ATTENTION_BACKENDS, TrainConfig
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -107,10 +107,27 @@ def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local, owns), device
 
 
-def autocast_for(dtype: str, device: torch.device):
-    """``(resolved dtype name, context manager factory)``: bf16 autocast on CUDA by default, fp32 elsewhere."""
+def autocast_for(dtype: str, device: torch.device, attention: str = "auto"):
+    """``(resolved dtype name, context manager factory)``: bf16 autocast on CUDA by default, fp32 elsewhere.
+
+    ``attention`` other than ``"auto"``: on CUDA that SDPA backend is tried first (e.g. ``"cudnn"`` on Hopper), then
+    the others; elsewhere PyTorch has one fused kernel and ignores priorities, so only ``"math"`` changes anything
+    (the materialised softmax alone)."""
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "bfloat16":
-        return dtype, lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return dtype, contextlib.nullcontext
+    amp = (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" \
+        else contextlib.nullcontext
+    if attention == "auto" or (device.type != "cuda" and attention != "math"):
+        return dtype, amp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [getattr(SDPBackend, ATTENTION_BACKENDS[attention])]
+    if device.type == "cuda":
+        order += [getattr(SDPBackend, n) for n in ATTENTION_BACKENDS.values() if getattr(SDPBackend, n) not in order]
+
+    @contextlib.contextmanager
+    def ctx():
+        with amp(), sdpa_kernel(order, set_priority=True):
+            yield
+
+    return dtype, ctx
