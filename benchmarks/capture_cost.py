@@ -24,14 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from mathlens import GPT, GPTConfig
-from mathlens.io import write_json
-from mathlens.probes.attention import model_attention
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without mathlens installed
+
+from mathlens import GPT, GPTConfig  # noqa: E402
+from mathlens.io import write_json  # noqa: E402
+from mathlens.probes.attention import model_attention  # noqa: E402
 
 SHAPES = {
     # the nanogpt-char-cpu preset: the "small CPU preset" (bias-free, tied, 4 × 128, T=64, B=12)

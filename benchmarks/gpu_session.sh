@@ -20,28 +20,29 @@
 #   probes      (≈ 4)  intrinsic_dimension (20,000 × 768) against scikit-dimension on the device's CPU,
 #                      capture_cost --shape gpt2 (#4)
 #   curvature   (≈ 4)  hvp_cost --shape gpt2, top_eigenvalue --shape gpu-preset (#5)
-#   validate    (≤ 10 a call) mathlens validate --suite gpu into .gpu/validate-gpu; call it again at once (the
+#   validate    (≤ 10 a call) mathlens validate --suite gpu into runs/validate-gpu; call it again at once (the
 #                      machine stays warm 30 s) to resume until done; then the report comes back (#7)
 # Together ≈ 45 min, more than one 30-min lease (which also pays a few minutes to start the machine): run
 # `validate` first (it is all #7 lacks), then `throughput auto` and `recipe` (#3), then `probes` and `curvature`,
 # and leave the rest to the next lease. Call each next stage within 30 s, or the machine is given back.
-set -uo pipefail
+set -euo pipefail
 stage=${1:?usage: gpu_session.sh prepare|env|throughput|recipe|probes|curvature|validate}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/.gpu/out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MATHLENS_CACHE=$PWD/.gpu/cache
+export PYTHONUNBUFFERED=1 MATHLENS_CACHE=$PWD/.gpu/cache PYTHONPATH=$PWD  # the checkout: mathlens is not installed
 PY=${PYTHON:-python3}
 CORPUS=$PWD/.gpu/tinyshakespeare.txt
 
 device_setup() {  # wheels carried in .gpu/whl (scikit-dimension, the ID benchmark's peer), installed off-line
     if ls .gpu/whl/*.whl >/dev/null 2>&1; then
-        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
+        $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/whl/*.whl
+        export PYTHONPATH=/tmp/site:$PYTHONPATH
     fi
 }
 
-keep() {  # copy the files given to $OUT (flat names)
-    for f in "$@"; do [ -f "$f" ] && cp "$f" "$OUT/" ; done
+keep() {  # copy the files given to $OUT (flat names); a stage that failed has already exited (set -e)
+    for f in "$@"; do if [ -f "$f" ]; then cp "$f" "$OUT/"; else echo "missing: $f"; fi; done
 }
 
 [ "$stage" = prepare ] || device_setup
@@ -51,7 +52,7 @@ prepare)
     mkdir -p "$(dirname "$exclude")"
     grep -qx "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >> "$exclude"
     mkdir -p .gpu
-    cp ../shared/data/tinyshakespeare.txt "$CORPUS"
+    rm -f "$CORPUS" && cp ../shared/data/tinyshakespeare.txt "$CORPUS"
     $PY -c "from mathlens.data import load_corpus; [load_corpus(n) for n in ('tinyshakespeare', 'shakespeare')]"
     if [ -n "${NANOGPT:-}" ]; then
         rm -rf .gpu/nanogpt && mkdir -p .gpu/nanogpt
@@ -64,7 +65,7 @@ prepare)
         mkdir -p .gpu/nanogpt/data/shakespeare_char
     fi
     $PY -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl scikit-dimension==0.5.0
-    rm -rf "$OUT"
+    rm -rf .gpu/out
     du -sh .gpu
     ;;
 env)
@@ -103,12 +104,14 @@ probes)
 curvature)
     $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --repeats 5 --skip-curve 2>&1 | tee "$OUT/curvature.log"
     $PY benchmarks/top_eigenvalue.py --device cuda --shape gpu-preset --train-steps 300 --seeds 3 --power-tol 1e-12 \
-        2>&1 | tee -a "$OUT/curvature.log"
+        --corpus "$CORPUS" 2>&1 | tee -a "$OUT/curvature.log"
     keep benchmarks/out/hvp_cost*cuda*.json benchmarks/out/top_eigenvalue_gpu-preset_cuda*.json
     ;;
 validate)
-    $PY -m mathlens validate --suite gpu --out .gpu/validate-gpu 2>&1 | tee "$OUT/validate.log"
-    keep .gpu/validate-gpu/report.html .gpu/validate-gpu/results.json
+    # runs/ is git-ignored and not carried, so it stays on the warm machine between calls (.gpu is replaced by each
+    # call's carried copy)
+    $PY -m mathlens validate --suite gpu --out runs/validate-gpu 2>&1 | tee "$OUT/validate.log"
+    keep runs/validate-gpu/report.html runs/validate-gpu/results.json
     ;;
 *)
     echo "unknown stage $stage"; exit 2 ;;

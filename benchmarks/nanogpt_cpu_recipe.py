@@ -33,12 +33,13 @@ NANOGPT = {"best_val_loss": 1.8857, "wall_time_s": 102.0, "machine": "2-core CPU
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
+    ap.add_argument("--out", default=None, help="run directory (default: benchmarks/out/PRESET; wiped first)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--preset", default="nanogpt-char-cpu", help="nanogpt-char-cpu (default) or nanogpt-char-cpu-rope")
+    ap.add_argument("--preset", default="nanogpt-char-cpu", choices=("nanogpt-char-cpu", "nanogpt-char-cpu-rope"))
     ap.add_argument("--max-iters", type=int, default=None, help="shorter run for a smoke test")
     ap.add_argument("--seed", type=int, default=None, help="run.seed (preset: 1337, nanoGPT's)")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks" / "out" / args.preset)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.preset)

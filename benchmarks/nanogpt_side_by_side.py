@@ -75,7 +75,7 @@ def prepare(nanogpt: Path, text: str) -> TokenDataset:
 def exact_val_loss(forward, data: TokenDataset, block: int = 64, device: str = "cpu") -> float:
     """Σ −log p over every val target once / n, contexts of ``block`` tokens; ``forward(x, y) -> logits (B, T, V)``."""
     total, count = 0.0, 0
-    for x, y in data.iter_eval_batches("val", block, 64):
+    for x, y in data.iter_eval_batches("val", 64, block):  # (split, batch_size, block_size)
         x, y = x.to(device), y.to(device)
         logits = forward(x, y)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("nanogpt", type=Path)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ours", default=str(ROOT / "benchmarks" / "out" / "nanogpt-char-cpu"))
+    ap.add_argument("--ours", default=None, help="a mathlens run to score (default: benchmarks/out/PRESET)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="cpu",
                     help="cpu: the README's CPU flags (default); gpu: config/train_shakespeare_char.py as is")
     ap.add_argument("--preset", default=None,
@@ -194,6 +194,9 @@ def main() -> None:
                     help="comma-separated seeds: whole-split loss of both over seeds (see above)")
     args = ap.parse_args()
     args.preset = args.preset or RECIPES[args.recipe][1]
+    if not args.preset.startswith(RECIPES[args.recipe][1]):
+        sys.exit(f"--preset {args.preset} does not follow the {args.recipe} recipe ({RECIPES[args.recipe][1]}*)")
+    args.ours = args.ours or str(ROOT / "benchmarks" / "out" / args.preset)
     args.device = "cuda" if args.recipe == "gpu" else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,10 +37,10 @@ from mathlens.probes.curvature import HessianOperator, lanczos, power_iteration 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def data(device: str, n_batches: int, seed: int = 0, B: int = 16, T: int = 128):
+def data(device: str, n_batches: int, seed: int = 0, B: int = 16, T: int = 128, corpus: Path = CORPUS):
     g = torch.Generator().manual_seed(seed)
-    if CORPUS.exists():
-        text = CORPUS.read_text()
+    if corpus.exists():
+        text = corpus.read_text()
         vocab = {c: i for i, c in enumerate(sorted(set(text)))}  # 65 symbols for tinyshakespeare
         ids = torch.tensor([vocab[c] for c in text[:200_000]]).clamp_max(64)
         starts = torch.randint(0, ids.numel() - T - 2, (n_batches, B), generator=g)
@@ -58,14 +58,14 @@ SHAPES = {"small": dict(n_layer=4, n_embd=128, n_head=4, B=16, T=128),  # 0.8M p
           "gpu-preset": dict(n_layer=6, n_embd=384, n_head=6, B=4, T=64)}  # nanogpt-char-gpu's model, 10.7M
 
 
-def build(device: str, train_steps: int, shape: str = "small"):
+def build(device: str, train_steps: int, shape: str = "small", corpus: Path = CORPUS):
     from mathlens import GPT, GPTConfig
 
     sh = SHAPES[shape]
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=sh["n_layer"], n_embd=sh["n_embd"], n_head=sh["n_head"], block_size=128,
                           vocab_size=65)).to(device)
-    batches, src = data(device, train_steps + 1, B=sh["B"], T=sh["T"])
+    batches, src = data(device, train_steps + 1, B=sh["B"], T=sh["T"], corpus=corpus)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for x, y in batches[1:]:
         opt.zero_grad()
@@ -98,12 +98,13 @@ def main() -> int:
     ap.add_argument("--power-tol", type=float, default=None,
                     help="power iteration's tolerance (default --rtol, PyHessian's rule); tiny = run all 100 steps")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help="tinyshakespeare text (absent: random tokens)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small",
                     help="small: 4×128, batch 16×128 (default); gpu-preset: 6×384 (10.7M), batch 4×64")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, loss_fn, batch, src = build(args.device, args.train_steps, args.shape)
+    model, loss_fn, batch, src = build(args.device, args.train_steps, args.shape, args.corpus)
     op = lambda: HessianOperator(model, loss_fn, batch, method=args.hvp)
     t0 = time.perf_counter()
     ref = lanczos(op(), k=1, max_iter=120, tol=1e-7, seed=12345, return_eigenvectors=False, which=args.which)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from mathlens.models.gpt import GPT, GPTConfig  # noqa: E402
 from mathlens.train import OptimConfig, make_optimizer  # noqa: E402
+from mathlens.train.config import ATTENTION_BACKENDS  # noqa: E402
 from mathlens.train.setup import autocast_for  # noqa: E402
 
 SHAPES = {
@@ -119,8 +120,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--attention", default="auto", help="SDPA backend tried first for both models (run.attention): "
-                    "auto, flash, cudnn, efficient, math")
+    ap.add_argument("--attention", default="auto", choices=("auto", *ATTENTION_BACKENDS),
+                    help="SDPA backend tried first for both models (run.attention; not applied to --loop)")
     ap.add_argument("--loop", action="store_true", help="also time mathlens.train.train's own loop (cpu shape)")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     args = ap.parse_args()

@@ -362,3 +362,22 @@ def test_run_attention_puts_that_sdpa_backend_first(attention, kernel):
     names = {e.key for e in prof.key_averages()}
     want = {"flash": "aten::_scaled_dot_product_flash_attention_for_cpu", "math": "aten::_scaled_dot_product_attention_math"}
     assert want[kernel] in names and want["math" if kernel == "flash" else "flash"] not in names, names
+
+
+@pytest.mark.skipif(not hasattr(torch._C, "_get_sdp_priority_order"), reason="this PyTorch does not expose the order")
+@pytest.mark.parametrize("attention", ["cudnn", "efficient", "math"])
+def test_run_attention_on_cuda_puts_the_choice_first_then_pytorchs_order(attention):
+    """On CUDA the chosen backend comes first and the others keep PyTorch's default order; leaving the context
+    restores the order (read through PyTorch's own priority list; no GPU needed)."""
+    from torch.nn.attention import SDPBackend
+
+    from mathlens.train.config import ATTENTION_BACKENDS
+    from mathlens.train.setup import autocast_for
+
+    default = list(torch._C._get_sdp_priority_order())
+    _, ctx = autocast_for("float32", torch.device("cuda"), attention)
+    with ctx():
+        inside = list(torch._C._get_sdp_priority_order())
+    assert list(torch._C._get_sdp_priority_order()) == default
+    chosen = getattr(SDPBackend, ATTENTION_BACKENDS[attention]).value
+    assert inside[0] == chosen and inside[1:4] == [b for b in default if b != chosen][:3]

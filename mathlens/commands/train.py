@@ -26,6 +26,7 @@ FLAGS = {
     "log_interval": ("run", "log_interval", int), "device": ("run", "device", str), "dtype": ("run", "dtype", str),
     "attention": ("run", "attention", str),
 }
+HELP = {"attention": "run.attention: SDPA backend tried first on CUDA (auto, flash, efficient, math, cudnn)"}
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", help="named recipe: nanogpt-char-cpu (default), nanogpt-char-gpu, and both with rotary positions (nanogpt-char-cpu-rope, nanogpt-char-gpu-rope)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     for flag, (section, key, tp) in FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=tp, default=None, help=f"{section}.{key}")
+        p.add_argument("--" + flag.replace("_", "-"), type=tp, default=None, help=HELP.get(flag, f"{section}.{key}"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="run.compile (torch.compile)")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="run.tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -31,9 +31,10 @@ SECTIONS = ("model", "data", "optim", "run")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
-#: ``run.attention`` -> the ``torch.nn.attention.SDPBackend`` tried first (the rest follow in this order)
-ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                      "math": "MATH"}
+#: ``run.attention`` -> the ``torch.nn.attention.SDPBackend`` tried first; the rest follow in this order, PyTorch's
+#: default (``torch._C._get_sdp_priority_order()`` in 2.13: flash, efficient, math, cuDNN)
+ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH",
+                      "cudnn": "CUDNN_ATTENTION"}
 #: model fields that [data] and the tokenizer decide
 _DERIVED_MODEL_KEYS = ("vocab_size", "block_size")
 

@@ -111,19 +111,24 @@ def autocast_for(dtype: str, device: torch.device, attention: str = "auto"):
     """``(resolved dtype name, context manager factory)``: bf16 autocast on CUDA by default, fp32 elsewhere.
 
     ``attention`` other than ``"auto"``: on CUDA that SDPA backend is tried first (e.g. ``"cudnn"`` on Hopper), then
-    the others; elsewhere PyTorch has one fused kernel and ignores priorities, so only ``"math"`` changes anything
-    (the materialised softmax alone)."""
+    the others in PyTorch's default order; elsewhere PyTorch has one fused kernel and ignores priorities, so only
+    ``"math"`` changes anything (the materialised softmax alone). Under ``torch.compile`` the backend is fixed when a
+    graph is first traced: a second compiled model of the same shapes in the same process reuses that graph."""
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     amp = (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" \
         else contextlib.nullcontext
     if attention == "auto" or (device.type != "cuda" and attention != "math"):
         return dtype, amp
+    import inspect
+
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [getattr(SDPBackend, ATTENTION_BACKENDS[attention])]
-    if device.type == "cuda":
-        order += [getattr(SDPBackend, n) for n in ATTENTION_BACKENDS.values() if getattr(SDPBackend, n) not in order]
+    if "set_priority" not in inspect.signature(sdpa_kernel).parameters:
+        raise MathlensError(f"run.attention = {attention!r} needs PyTorch >= 2.6 (sdpa_kernel's set_priority); "
+                            f"this is {torch.__version__}")
+    names = [attention] + ([n for n in ATTENTION_BACKENDS if n != attention] if device.type == "cuda" else [])
+    order = [getattr(SDPBackend, ATTENTION_BACKENDS[n]) for n in names]
 
     @contextlib.contextmanager
     def ctx():
