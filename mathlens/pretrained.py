@@ -60,12 +60,18 @@ def smollm2(dtype=torch.float32, device="cpu"):
                                                      dtype=dtype)
     except (OSError, ValueError) as e:
         raise MathlensError(f"cannot load SmolLM2 from {path}: {str(e).splitlines()[0]}") from e
+    if type(model).__name__ == "GPTNeoXForCausalLM":
+        from mathlens.models.hf import from_hf
+
+        model = from_hf(model)
     return model.to(device).eval(), tokenizer
 
 
 def load_local(path: str | os.PathLike, dtype=torch.float32, device="cpu", attn_implementation: str = "eager"):
     """Any local Hugging Face causal-LM folder: ``(model, tokenizer)``; ``tokenizer`` is None when the folder
-    has no tokenizer files (weights alone still serve probes on token ids)."""
+    has no tokenizer files (weights alone still serve probes on token ids). A GPT-NeoX model (Pythia) comes back
+    converted by :func:`mathlens.from_hf` to a mathlens GPT with the same logits: capture reads GPT-2- and
+    Llama-style Hugging Face layouts directly, and every mathlens GPT."""
     folder = Path(path)
     if not folder.is_dir():
         raise MathlensError(f"model folder not found: {folder}")
@@ -85,4 +91,8 @@ def load_local(path: str | os.PathLike, dtype=torch.float32, device="cpu", attn_
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError, TypeError) as e:
             raise MathlensError(f"cannot load the tokenizer in {folder}: {str(e).splitlines()[0]}") from e
+    if type(model).__name__ == "GPTNeoXForCausalLM":
+        from mathlens.models.hf import from_hf
+
+        model = from_hf(model)
     return model.to(device).eval(), tokenizer

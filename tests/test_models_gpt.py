@@ -84,7 +84,7 @@ def test_loss_is_mean_cross_entropy_ignoring_minus_one():
     (dict(dt=-0.5), "dt = -0.5 is invalid"),
     (dict(activation="softplus"), "activation = 'softplus' is invalid"),
     (dict(vocab_size=0), "vocab_size = 0 is invalid"),
-    (dict(positional="rope", head_dim=7), "rope' needs an even head_dim"),
+    (dict(positional="rope", head_dim=7), "rope' rotates head_dim"),
 ])
 def test_bad_config_names_the_problem(kw, named):
     cfg = dict(vocab_size=29, block_size=16, n_layer=1, n_head=2, n_embd=16)

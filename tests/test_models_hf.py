@@ -1,4 +1,4 @@
-"""from_hf / to_hf: exact logit parity with Hugging Face GPT-2 and Llama (random tiny models, no download).
+"""from_hf / to_hf: exact logit parity with Hugging Face GPT-2, Llama and GPT-NeoX (random tiny models, no download).
 
 Tolerances. float64: the two implementations do the same arithmetic in a different order, so logits of
 magnitude ~1 differ by a few ulps (~1e-16); 1e-10 leaves six orders of margin and still catches any
@@ -21,7 +21,14 @@ from mathlens import GPT, GPTConfig, from_hf
 from mathlens.errors import MathlensError
 
 transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.models.llama import modeling_llama  # noqa: E402
 
 V, T = 61, 12
@@ -48,6 +55,21 @@ def llama(tie=False, dtype=torch.float64, **kw):
                       tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, pad_token_id=None,
                       attn_implementation="sdpa", **kw)
     model = LlamaForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def neox(parallel=True, fraction=0.25, tie=False, dtype=torch.float64, **kw):
+    """A tiny GPT-NeoX (Pythia's shape: parallel residual, RoPE on a quarter of each head by default)."""
+    torch.manual_seed(2)
+    kw.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": fraction})
+    cfg = GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                        max_position_embeddings=16, use_parallel_residual=parallel, tie_word_embeddings=tie,
+                        bos_token_id=0, eos_token_id=0, attn_implementation="sdpa", **kw)
+    model = GPTNeoXForCausalLM(cfg).to(dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -157,6 +179,57 @@ def test_llama_round_trip(tie, faithful_llama):
     idx = tokens()
     with torch.no_grad():
         assert (hf(idx).logits - back(idx).logits).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("fraction, rotated", [(0.25, 2), (1.0, 8)])
+@pytest.mark.parametrize("tie", [False, True])
+def test_neox_parity_float64_and_round_trip(parallel, fraction, rotated, tie):
+    """GPT-NeoX's parallel residual u + A(LN₁u) + F(LN₂u) is the parallel splitting; its partial rotary rotates the
+    first int(head_dim · fraction) features of each head. A wrong split of the per-head [q|k|v] rows or of the rotated
+    features gives O(1e-2) differences."""
+    hf = neox(parallel, fraction, tie)
+    gpt = from_hf(hf)
+    c = gpt.config
+    assert c.scheme == ("parallel" if parallel else "lie") and c.positional == "rope" and c.rope_dim == rotated
+    assert max_diff(hf, gpt) <= 1e-10
+    back = gpt.to_hf()
+    assert type(back).__name__ == "GPTNeoXForCausalLM" and back.config.use_parallel_residual == parallel
+    sd, sd_back = hf.state_dict(), back.state_dict()
+    assert all(torch.equal(sd[k], sd_back[k]) for k in sd)
+
+
+def test_rope_preset_model_exports_to_neox():
+    """The nanogpt-char-*-rope architecture (rotary positions, LayerNorm, GELU, no biases, tied) becomes a GPT-NeoX
+    with zero biases. HF computes RoPE angles in float32: with hf_numerics the GPT does too and the logits agree to
+    float64 rounding; without, they differ by the float32 rounding of the angles, nothing more."""
+    from mathlens.train.presets import preset
+
+    torch.manual_seed(3)
+    arch = {k: v for k, v in preset("nanogpt-char-cpu-rope")["model"].items() if k not in ("n_layer", "n_head", "n_embd")}
+    for numerics, tol in ((True, 1e-10), (False, 1e-6)):
+        cfg = GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=32, hf_numerics=numerics, **arch)
+        gpt = GPT(cfg).double().eval()
+        with torch.no_grad():  # non-trivial LayerNorm scales
+            for blk in gpt.blocks:
+                blk.norm_attn.weight.add_(0.3 * torch.randn(32, dtype=torch.float64))
+        hf = gpt.to_hf()
+        assert type(hf).__name__ == "GPTNeoXForCausalLM" and hf.config.tie_word_embeddings
+        assert max_diff(hf, gpt) <= tol
+        assert float(hf.gpt_neox.layers[0].attention.query_key_value.bias.detach().abs().max()) == 0.0
+
+
+def test_neox_unsupported_settings():
+    with pytest.raises(MathlensError, match="attention_bias"):
+        from_hf(neox(attention_bias=False))
+    with pytest.raises(MathlensError, match="rope scaling 'linear'"):
+        from_hf(neox(rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0,
+                                      "partial_rotary_factor": 0.25}))
+    cfg = GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=4, n_embd=32, scheme="parallel")
+    with pytest.raises(MathlensError, match="'parallel' only as GPT-NeoX"):
+        GPT(cfg).to_hf()  # learned positions: GPT-2 has no parallel residual
+    with pytest.raises(MathlensError, match="rope_fraction"):
+        GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=4, n_embd=32, positional="rope", rope_fraction=0.1)
 
 
 def test_gpt_to_hf_to_gpt_keeps_logits():

@@ -44,6 +44,26 @@ def test_load_local_round_trip(tmp_path):
         assert torch.allclose(loaded(idx).logits, m(idx).logits, atol=1e-6)
 
 
+def test_load_local_converts_gpt_neox_to_a_gpt_that_capture_reads(tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from mathlens import GPT
+    from mathlens.probes.capture import capture
+
+    torch.manual_seed(0)
+    m = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=16, bos_token_id=0,
+                                         eos_token_id=0)).eval()
+    m.save_pretrained(tmp_path)
+    loaded, _ = pretrained.load_local(tmp_path)
+    idx = torch.randint(0, 40, (2, 8))
+    assert isinstance(loaded, GPT) and loaded.config.scheme == "parallel" and loaded.config.rope_dim == 2
+    with torch.no_grad():
+        assert torch.allclose(loaded(idx)[0], m(idx).logits, atol=1e-5)
+    c = capture(loaded, idx, what=("resid", "q", "k"))
+    assert c["blocks.1.attn.hook_q"].shape == (2, 2, 8, 8)
+
+
 def _installed():
     return importlib.util.find_spec(pretrained.SMOLLM2_PACKAGE) is not None and importlib.util.find_spec("gguf")
 

@@ -126,8 +126,13 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary position embedding (non-interleaved halves, the Llama convention). x: (B, H, T, d); cos/sin: (T, d)."""
-    return x * cos + rotate_half(x) * sin
+    """Rotary position embedding (non-interleaved halves, the Llama / GPT-NeoX convention). x: (B, H, T, d);
+    cos/sin: (T, r) with r ≤ d: the first r features of each head rotate, the rest pass (partial rotary)."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    xr = x[..., :r]
+    return torch.cat((xr * cos + rotate_half(xr) * sin, x[..., r:]), dim=-1)
 
 
 def euler(u: Tensor, f: Tensor, dt: float) -> Tensor:

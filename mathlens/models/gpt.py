@@ -33,6 +33,7 @@ class GPTConfig(FlowConfig):
     n_layer: int = 12
     positional: str = "learned"
     rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # share of each head's features that RoPE rotates (GPT-NeoX/Pythia: 0.25)
     tie_embeddings: bool = True
     final_norm: bool = True
     init_std: float = 0.02
@@ -42,8 +43,16 @@ class GPTConfig(FlowConfig):
         check_positive("vocab_size", self.vocab_size)
         check_positive("n_layer", self.n_layer)
         check_choice("positional", self.positional, POSITIONALS)
-        if self.positional == "rope" and self.head_dim % 2:
-            raise MathlensError(f"positional = 'rope' needs an even head_dim, got {self.head_dim}")
+        if not 0 < self.rope_fraction <= 1:
+            raise MathlensError(f"rope_fraction = {self.rope_fraction!r} is invalid (allowed: 0 < rope_fraction ≤ 1)")
+        if self.positional == "rope" and (self.rope_dim % 2 or self.rope_dim == 0):
+            raise MathlensError(f"positional = 'rope' rotates head_dim · rope_fraction = {self.rope_dim} features per "
+                                "head, which must be even and > 0")
+
+    @property
+    def rope_dim(self) -> int:
+        """Features per head that RoPE rotates: ``int(head_dim · rope_fraction)`` (Hugging Face's rounding)."""
+        return int(self.head_dim * self.rope_fraction)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -62,7 +71,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
-        self.pos = Positional(c.positional, c.block_size, c.n_embd, c.head_dim, c.rope_theta,
+        self.pos = Positional(c.positional, c.block_size, c.n_embd, c.rope_dim, c.rope_theta,
                               angles_float32=c.hf_numerics)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(FlowBlock(c) for _ in range(c.n_layer))

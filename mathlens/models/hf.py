@@ -1,12 +1,16 @@
 """Converters between :class:`~mathlens.models.gpt.GPT` and Hugging Face causal LMs, with the same logits.
 
 - ``from_hf(model)``: ``GPT2LMHeadModel`` (Conv1D weights (in, out), fused ``c_attn`` = [q | k | v], learned
-  positions, LayerNorm, ``gelu_new`` = tanh GELU) or ``LlamaForCausalLM`` (RMSNorm, RoPE with halves rotated
-  as in HF's ``rotate_half``, SwiGLU, grouped-query attention) -> GPT on the source's dtype and device.
-- ``to_hf(gpt)``: back to the GPT-2 shape (learned positions, LayerNorm) or the Llama shape (RoPE, RMSNorm,
-  SwiGLU); anything else raises :class:`MathlensError` naming what Hugging Face cannot represent.
+  positions, LayerNorm, ``gelu_new`` = tanh GELU), ``LlamaForCausalLM`` (RMSNorm, RoPE with halves rotated
+  as in HF's ``rotate_half``, SwiGLU, grouped-query attention) or ``GPTNeoXForCausalLM`` (Pythia: LayerNorm, RoPE
+  on a fraction of each head, fused per-head [q_h | k_h | v_h] projection; its parallel residual
+  ``u + A(LN₁u) + F(LN₂u)`` is the parallel splitting, ``scheme = "parallel"``) -> GPT on the source's dtype and
+  device.
+- ``to_hf(gpt)``: back to the GPT-2 shape (learned positions, LayerNorm), the Llama shape (RoPE, RMSNorm,
+  SwiGLU) or the GPT-NeoX shape (RoPE, LayerNorm; Lie or parallel splitting); anything else raises
+  :class:`MathlensError` naming what Hugging Face cannot represent.
 
-Numerics: HF Llama computes RMSNorm and the RoPE angles in float32 and (eager attention) the softmax in
+Numerics: HF Llama computes RMSNorm and the RoPE angles in float32 (GPT-NeoX: the angles) and (eager attention) the softmax in
 float32 even for float64 models; mathlens computes them in the model's dtype. Logits agree to float32
 rounding there, and to float64 rounding against a dtype-faithful reference (see tests/test_models_hf.py).
 """
@@ -88,6 +92,26 @@ def llama_config(hc) -> GPTConfig:
                      dropout=float(hc.attention_dropout or 0.0), hf_numerics=True)
 
 
+def neox_config(hc) -> GPTConfig:
+    """GPTConfig of a ``GPTNeoXConfig`` (default RoPE only)."""
+    _check(hc, "hidden_act", hc.hidden_act in GPT2_ACTIVATIONS, f"allowed: {', '.join(GPT2_ACTIVATIONS)}")
+    _check(hc, "attention_bias", getattr(hc, "attention_bias", True), "the MLP and LayerNorms always have biases")
+    rope = dict(getattr(hc, "rope_parameters", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise MathlensError(f"cannot convert {type(hc).__name__}: rope scaling {rope_type!r} is not supported "
+                            "(only default RoPE)")
+    return GPTConfig(vocab_size=hc.vocab_size, block_size=hc.max_position_embeddings, n_layer=hc.num_hidden_layers,
+                     n_head=hc.num_attention_heads, n_embd=hc.hidden_size, d_ff=hc.intermediate_size,
+                     activation=GPT2_ACTIVATIONS[hc.hidden_act], bias=True, norm="layernorm",
+                     norm_eps=hc.layer_norm_eps, positional="rope",
+                     rope_theta=float(rope.get("rope_theta", getattr(hc, "rotary_emb_base", 10000.0))),
+                     rope_fraction=float(rope.get("partial_rotary_factor", getattr(hc, "rotary_pct", 1.0))),
+                     scheme="parallel" if hc.use_parallel_residual else "lie",
+                     tie_embeddings=bool(hc.tie_word_embeddings), dropout=float(hc.hidden_dropout or 0.0),
+                     hf_numerics=True)
+
+
 def _gpt2_pairs(gpt: GPT, hf):
     """(ours, theirs) parameter pairs of a GPT-2-shaped GPT and a ``GPT2LMHeadModel``; ``theirs`` is a view of
     the HF parameter in our layout (Conv1D ``y = x W + b`` weights transposed, ``c_attn`` cut into Q, K, V),
@@ -133,8 +157,34 @@ def _llama_pairs(gpt: GPT, hf):
         yield gpt.lm_head.weight, hf.lm_head.weight
 
 
+def _neox_pairs(gpt: GPT, hf):
+    """(ours, theirs) parameter pairs of a GPT-NeoX-shaped GPT and a ``GPTNeoXForCausalLM``; the fused
+    ``query_key_value`` rows are per head ``[q_h; k_h; v_h]``, so both sides are viewed as (heads, head_dim, ...)."""
+    m, c = hf.gpt_neox, gpt.config
+    H, hd, D = c.n_head, c.head_dim, c.n_embd
+    yield gpt.wte.weight, m.embed_in.weight
+    for blk, layer in zip(gpt.blocks, m.layers):
+        for ours, theirs in ((blk.norm_attn, layer.input_layernorm), (blk.norm_ffn, layer.post_attention_layernorm)):
+            yield ours.weight, theirs.weight
+            yield ours.bias, theirs.bias
+        qkv = layer.attention.query_key_value
+        w, b = qkv.weight.view(H, 3, hd, D), qkv.bias.view(H, 3, hd)
+        for i, lin in enumerate((blk.attn.w_q, blk.attn.w_k, blk.attn.w_v)):
+            yield lin.weight.view(H, hd, D), w[:, i]
+            yield (None if lin.bias is None else lin.bias.view(H, hd)), b[:, i]
+        for lin, theirs in ((blk.attn.w_o, layer.attention.dense), (blk.ffn.w_in, layer.mlp.dense_h_to_4h),
+                            (blk.ffn.w_out, layer.mlp.dense_4h_to_h)):
+            yield lin.weight, theirs.weight
+            yield lin.bias, theirs.bias
+    yield gpt.ln_f.weight, m.final_layer_norm.weight
+    yield gpt.ln_f.bias, m.final_layer_norm.bias
+    if not c.tie_embeddings:
+        yield gpt.lm_head.weight, hf.get_output_embeddings().weight
+
+
 def from_hf(hf_model) -> GPT:
-    """The mathlens GPT with the same logits as ``hf_model`` (GPT2LMHeadModel or LlamaForCausalLM).
+    """The mathlens GPT with the same logits as ``hf_model`` (GPT2LMHeadModel, LlamaForCausalLM or
+    GPTNeoXForCausalLM).
 
     The result lives on the source model's device in its dtype and is in eval mode.
     """
@@ -144,14 +194,15 @@ def from_hf(hf_model) -> GPT:
         gpt = _new_gpt(cfg, *_source_place(hf_model))
         for ours, theirs in _gpt2_pairs(gpt, hf_model):  # gpt2_config always has biases: ours is never None
             _copy(ours, theirs)
-    elif kind == "LlamaForCausalLM":
-        cfg = llama_config(hf_model.config)
+    elif kind in ("LlamaForCausalLM", "GPTNeoXForCausalLM"):
+        llama = kind == "LlamaForCausalLM"
+        cfg = (llama_config if llama else neox_config)(hf_model.config)
         gpt = _new_gpt(cfg, *_source_place(hf_model))
-        for ours, theirs in _llama_pairs(gpt, hf_model):
+        for ours, theirs in (_llama_pairs if llama else _neox_pairs)(gpt, hf_model):
             _copy(ours, theirs)
     else:
-        raise MathlensError(f"cannot convert {kind}: supported Hugging Face models are GPT2LMHeadModel and "
-                            "LlamaForCausalLM")
+        raise MathlensError(f"cannot convert {kind}: supported Hugging Face models are GPT2LMHeadModel, "
+                            "LlamaForCausalLM and GPTNeoXForCausalLM")
     return gpt
 
 
@@ -159,29 +210,36 @@ def from_hf(hf_model) -> GPT:
 
 
 def _common_blockers(c: GPTConfig) -> list[str]:
-    """Settings of ``c`` that no standard pre-norm decoder (GPT-2, Llama) has."""
-    wanted = {"scheme": "lie", "norm_position": "pre", "ffn_form": "standard", "residual": "euler", "skip": True,
+    """Settings of ``c`` that no standard pre-norm decoder (GPT-2, Llama, GPT-NeoX) has."""
+    wanted = {"norm_position": "pre", "ffn_form": "standard", "residual": "euler", "skip": True,
               "dt": 1.0, "share_norms": False, "causal": True, "final_norm": True, "norm_affine": "vector"}
     out = [f"{k} = {getattr(c, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(c, k) != v]
+    parallel_ok = c.positional == "rope" and c.norm == "layernorm"  # GPT-NeoX's parallel residual
+    if c.scheme != "lie" and not (parallel_ok and c.scheme == "parallel"):
+        out.append(f"scheme = {c.scheme!r} (needs 'lie'; 'parallel' only as GPT-NeoX: rope + layernorm)")
     if c.bias and c.ffn_bias_axis != "feature":
         out.append(f"ffn_bias_axis = {c.ffn_bias_axis!r} (needs 'feature')")
     return out
 
 
 def to_hf(gpt: GPT):
-    """The Hugging Face model with the same logits: GPT2LMHeadModel (learned positions, LayerNorm) or
-    LlamaForCausalLM (RoPE, RMSNorm, SwiGLU). Same dtype and device as ``gpt``; eval mode."""
+    """The Hugging Face model with the same logits: GPT2LMHeadModel (learned positions, LayerNorm),
+    LlamaForCausalLM (RoPE, RMSNorm, SwiGLU) or GPTNeoXForCausalLM (RoPE, LayerNorm). Same dtype and device as
+    ``gpt``; eval mode."""
     c = gpt.config
     blockers = _common_blockers(c)
-    if c.positional == "learned" and c.norm == "layernorm":
+    if c.norm == "layernorm" and c.positional in ("learned", "rope"):
+        name = "GPT-2" if c.positional == "learned" else "GPT-NeoX"
         if c.activation not in TO_GPT2_ACTIVATION:
-            blockers.append(f"activation = {c.activation!r} (GPT-2 allows {', '.join(TO_GPT2_ACTIVATION)})")
+            blockers.append(f"activation = {c.activation!r} ({name} allows {', '.join(TO_GPT2_ACTIVATION)})")
         if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.n_embd:
-            blockers.append("grouped-query attention or head_dim·n_head ≠ n_embd (GPT-2 has neither)")
+            blockers.append(f"grouped-query attention or head_dim·n_head ≠ n_embd ({name} has neither)")
         default_scale = 1.0 / math.sqrt(c.head_dim)
-        if c.attn_scale is not None and c.attn_scale not in (1.0, default_scale):
-            blockers.append(f"attn_scale = {c.attn_scale!r} (GPT-2 allows 1/√head_dim or 1)")
-        make = _to_gpt2
+        scales = (1.0, default_scale) if c.positional == "learned" else (default_scale,)
+        if c.attn_scale is not None and not any(math.isclose(c.attn_scale, s) for s in scales):
+            blockers.append(f"attn_scale = {c.attn_scale!r} ({name} allows "
+                            f"{'1/√head_dim or 1' if c.positional == 'learned' else '1/√head_dim'})")
+        make = _to_gpt2 if c.positional == "learned" else _to_neox
     elif c.positional == "rope" and c.norm == "rmsnorm":
         if c.activation != "swiglu":
             blockers.append(f"activation = {c.activation!r} (Llama needs 'swiglu')")
@@ -190,7 +248,7 @@ def to_hf(gpt: GPT):
         make = _to_llama
     else:
         blockers.append(f"positional = {c.positional!r} with norm = {c.norm!r} (Hugging Face export needs "
-                        "learned + layernorm (GPT-2) or rope + rmsnorm (Llama))")
+                        "learned + layernorm (GPT-2), rope + rmsnorm (Llama) or rope + layernorm (GPT-NeoX))")
         make = None
     if blockers:
         raise MathlensError("cannot export to Hugging Face: " + "; ".join(blockers))
@@ -229,4 +287,23 @@ def _to_llama(gpt: GPT):
     hf = LlamaForCausalLM(hc).to(dtype=_source_place(gpt)[0])
     for ours, theirs in _llama_pairs(gpt, hf):
         theirs.copy_(ours)
+    return hf
+
+
+@torch.no_grad()
+def _to_neox(gpt: GPT):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    c = gpt.config
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta, "partial_rotary_factor": c.rope_fraction}
+    hc = GPTNeoXConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer,
+                       num_attention_heads=c.n_head, intermediate_size=c.d_ff,
+                       hidden_act=TO_GPT2_ACTIVATION[c.activation], max_position_embeddings=c.block_size,
+                       layer_norm_eps=c.norm_eps, use_parallel_residual=c.scheme == "parallel",
+                       tie_word_embeddings=c.tie_embeddings, attention_bias=True, hidden_dropout=c.dropout,
+                       attention_dropout=c.dropout, rope_parameters=rope,
+                       rotary_pct=c.rope_fraction, rotary_emb_base=c.rope_theta)  # the names before rope_parameters
+    hf = GPTNeoXForCausalLM(hc).to(dtype=_source_place(gpt)[0])
+    for ours, theirs in _neox_pairs(gpt, hf):  # a bias our model lacks (bias=False) -> zero, the same function
+        theirs.copy_(ours) if ours is not None else theirs.zero_()
     return hf

@@ -41,8 +41,9 @@ class Positional(nn.Module):
         return None
 
     def rope(self, T: int, device, dtype) -> tuple[Tensor, Tensor] | None:
-        """(cos, sin) of shape (T, head_dim), computed in float32 (in float64 for float64 models unless
-        ``angles_float32``, which reproduces Hugging Face Llama exactly), then cast to ``dtype``."""
+        """(cos, sin) of shape (T, head_dim), ``head_dim`` being the rotated features per head (all of them unless
+        ``GPTConfig.rope_fraction`` < 1), computed in float32 (in float64 for float64 models unless
+        ``angles_float32``, which reproduces Hugging Face Llama and GPT-NeoX exactly), then cast to ``dtype``."""
         if self.kind != "rope":
             return None
         work = torch.float64 if dtype == torch.float64 and not self.angles_float32 else torch.float32
