@@ -34,16 +34,20 @@ from transformers.models.llama import modeling_llama  # noqa: E402
 V, T = 61, 12
 
 
+@torch.no_grad()
+def _nontrivial_vectors(model):
+    """Non-trivial norm affine maps and biases (HF initialises them to 1 / 0), so a swapped one shows."""
+    for p in model.parameters():
+        if p.dim() == 1:
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
 def gpt2(tie=True, dtype=torch.float64, **kw):
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=V, n_positions=16, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=tie,
                      bos_token_id=0, eos_token_id=0, attn_implementation="eager", **kw)
-    model = GPT2LMHeadModel(cfg).to(dtype).eval()
-    with torch.no_grad():  # non-trivial LayerNorm affine maps and biases (HF initialises them to 1 / 0)
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return _nontrivial_vectors(GPT2LMHeadModel(cfg).to(dtype).eval())
 
 
 def llama(tie=False, dtype=torch.float64, **kw):
@@ -54,12 +58,7 @@ def llama(tie=False, dtype=torch.float64, **kw):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
                       tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, pad_token_id=None,
                       attn_implementation="sdpa", **kw)
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return _nontrivial_vectors(LlamaForCausalLM(cfg).to(dtype).eval())
 
 
 def neox(parallel=True, fraction=0.25, tie=False, dtype=torch.float64, **kw):
@@ -69,12 +68,7 @@ def neox(parallel=True, fraction=0.25, tie=False, dtype=torch.float64, **kw):
     cfg = GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                         max_position_embeddings=16, use_parallel_residual=parallel, tie_word_embeddings=tie,
                         bos_token_id=0, eos_token_id=0, attn_implementation="sdpa", **kw)
-    model = GPTNeoXForCausalLM(cfg).to(dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return _nontrivial_vectors(GPTNeoXForCausalLM(cfg).to(dtype).eval())
 
 
 @pytest.fixture
