@@ -60,10 +60,6 @@ def smollm2(dtype=torch.float32, device="cpu"):
                                                      dtype=dtype)
     except (OSError, ValueError) as e:
         raise MathlensError(f"cannot load SmolLM2 from {path}: {str(e).splitlines()[0]}") from e
-    if type(model).__name__ == "GPTNeoXForCausalLM":
-        from mathlens.models.hf import from_hf
-
-        model = from_hf(model)
     return model.to(device).eval(), tokenizer
 
 

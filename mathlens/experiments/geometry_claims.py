@@ -120,17 +120,21 @@ class LatentGeometry(Experiment):
             out[f"SmolLM2-135M curvature change last − first layer, {group}"] = float(c[-1] - c[1])
             # no position embedding is added to the residual stream (rotary positions act inside attention), so at
             # random init repeats of a token stay near-duplicates: one state per distinct token (first occurrence)
-            keep = torch.from_numpy(np.unique(idx[0].cpu().numpy(), return_index=True)[1])
+            keep = _first_occurrences(idx[0])
             out[f"SmolLM2-135M TwoNN ID per layer, {group}"] = [
                 IntrinsicDimension("twonn").fit(u[0][keep.to(u.device)]).dimension_ for u in states[:: max(1, len(states) // 8)]]
         out["SmolLM2-135M width d"] = int(states[0].shape[-1])
         return out
 
 
+def _first_occurrences(keys: torch.Tensor) -> torch.Tensor:
+    """Indices into ``keys.reshape(-1)`` of the first occurrence of each distinct value."""
+    return torch.from_numpy(np.unique(keys.reshape(-1).cpu().numpy(), return_index=True)[1])
+
+
 def _distinct_token_positions(x: torch.Tensor) -> torch.Tensor:
     """Indices into ``x.reshape(-1)`` (x: (B, T) token ids) of the first occurrence of each (token, position) pair."""
-    key = (x * x.shape[1] + torch.arange(x.shape[1], device=x.device)).reshape(-1).cpu().numpy()
-    return torch.from_numpy(np.unique(key, return_index=True)[1])
+    return _first_occurrences(x * x.shape[1] + torch.arange(x.shape[1], device=x.device))
 
 
 EXPERIMENTS = [Generalisation, LatentGeometry]

@@ -72,14 +72,20 @@ def gpt2_config(hc) -> GPTConfig:
                      attn_scale=None if hc.scale_attn_weights else 1.0)
 
 
-def llama_config(hc) -> GPTConfig:
-    """GPTConfig of a ``LlamaConfig`` (default RoPE only)."""
-    _check(hc, "hidden_act", hc.hidden_act == "silu", "SwiGLU with SiLU gate only")
+def _default_rope(hc) -> dict:
+    """``hc.rope_parameters`` as a dict; MathlensError for any RoPE scaling (only default RoPE converts)."""
     rope = dict(getattr(hc, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise MathlensError(f"cannot convert {type(hc).__name__}: rope scaling {rope_type!r} is not supported "
                             "(only default RoPE)")
+    return rope
+
+
+def llama_config(hc) -> GPTConfig:
+    """GPTConfig of a ``LlamaConfig`` (default RoPE only)."""
+    _check(hc, "hidden_act", hc.hidden_act == "silu", "SwiGLU with SiLU gate only")
+    rope = _default_rope(hc)
     theta = rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0))
     _check(hc, "mlp_bias", bool(hc.mlp_bias) == bool(hc.attention_bias),
            f"attention_bias = {hc.attention_bias!r} and mlp_bias must agree (one bias flag)")
@@ -96,11 +102,7 @@ def neox_config(hc) -> GPTConfig:
     """GPTConfig of a ``GPTNeoXConfig`` (default RoPE only)."""
     _check(hc, "hidden_act", hc.hidden_act in GPT2_ACTIVATIONS, f"allowed: {', '.join(GPT2_ACTIVATIONS)}")
     _check(hc, "attention_bias", getattr(hc, "attention_bias", True), "the MLP and LayerNorms always have biases")
-    rope = dict(getattr(hc, "rope_parameters", None) or {})
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise MathlensError(f"cannot convert {type(hc).__name__}: rope scaling {rope_type!r} is not supported "
-                            "(only default RoPE)")
+    rope = _default_rope(hc)
     return GPTConfig(vocab_size=hc.vocab_size, block_size=hc.max_position_embeddings, n_layer=hc.num_hidden_layers,
                      n_head=hc.num_attention_heads, n_embd=hc.hidden_size, d_ff=hc.intermediate_size,
                      activation=GPT2_ACTIVATIONS[hc.hidden_act], bias=True, norm="layernorm",
@@ -182,6 +184,11 @@ def _neox_pairs(gpt: GPT, hf):
         yield gpt.lm_head.weight, hf.get_output_embeddings().weight
 
 
+#: Hugging Face class name -> (GPTConfig of its config, (ours, theirs) parameter pairs)
+FROM_HF = {"GPT2LMHeadModel": (gpt2_config, _gpt2_pairs), "LlamaForCausalLM": (llama_config, _llama_pairs),
+           "GPTNeoXForCausalLM": (neox_config, _neox_pairs)}
+
+
 def from_hf(hf_model) -> GPT:
     """The mathlens GPT with the same logits as ``hf_model`` (GPT2LMHeadModel, LlamaForCausalLM or
     GPTNeoXForCausalLM).
@@ -189,20 +196,12 @@ def from_hf(hf_model) -> GPT:
     The result lives on the source model's device in its dtype and is in eval mode.
     """
     kind = type(hf_model).__name__
-    if kind == "GPT2LMHeadModel":
-        cfg = gpt2_config(hf_model.config)
-        gpt = _new_gpt(cfg, *_source_place(hf_model))
-        for ours, theirs in _gpt2_pairs(gpt, hf_model):  # gpt2_config always has biases: ours is never None
-            _copy(ours, theirs)
-    elif kind in ("LlamaForCausalLM", "GPTNeoXForCausalLM"):
-        llama = kind == "LlamaForCausalLM"
-        cfg = (llama_config if llama else neox_config)(hf_model.config)
-        gpt = _new_gpt(cfg, *_source_place(hf_model))
-        for ours, theirs in (_llama_pairs if llama else _neox_pairs)(gpt, hf_model):
-            _copy(ours, theirs)
-    else:
-        raise MathlensError(f"cannot convert {kind}: supported Hugging Face models are GPT2LMHeadModel, "
-                            "LlamaForCausalLM and GPTNeoXForCausalLM")
+    if kind not in FROM_HF:
+        raise MathlensError(f"cannot convert {kind}: supported Hugging Face models are {', '.join(FROM_HF)}")
+    config_of, pairs = FROM_HF[kind]
+    gpt = _new_gpt(config_of(hf_model.config), *_source_place(hf_model))
+    for ours, theirs in pairs(gpt, hf_model):  # every converted config has the source's biases: ours is never None
+        _copy(ours, theirs)
     return gpt
 
 
@@ -235,10 +234,10 @@ def to_hf(gpt: GPT):
         if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.n_embd:
             blockers.append(f"grouped-query attention or head_dim·n_head ≠ n_embd ({name} has neither)")
         default_scale = 1.0 / math.sqrt(c.head_dim)
-        scales = (1.0, default_scale) if c.positional == "learned" else (default_scale,)
-        if c.attn_scale is not None and not any(math.isclose(c.attn_scale, s) for s in scales):
-            blockers.append(f"attn_scale = {c.attn_scale!r} ({name} allows "
-                            f"{'1/√head_dim or 1' if c.positional == 'learned' else '1/√head_dim'})")
+        if c.positional == "learned" and c.attn_scale is not None and c.attn_scale not in (1.0, default_scale):
+            blockers.append(f"attn_scale = {c.attn_scale!r} (GPT-2 allows 1/√head_dim or 1)")
+        if c.positional == "rope" and c.attn_scale is not None and not math.isclose(c.attn_scale, default_scale):
+            blockers.append(f"attn_scale = {c.attn_scale!r} (GPT-NeoX uses 1/√head_dim)")
         make = _to_gpt2 if c.positional == "learned" else _to_neox
     elif c.positional == "rope" and c.norm == "rmsnorm":
         if c.activation != "swiglu":

@@ -237,8 +237,10 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw.parameters(), o.grad_clip)
             pending.append((step + 1, lr, loss_acc))
-            logged = (step + 1) % r.log_interval == 0 or (step + 1) == r.max_iters
-            saved = (step + 1) % r.eval_interval == 0 or (step + 1) % ckpt_every == 0
+            last = step + 1 == r.max_iters
+            logged = (step + 1) % r.log_interval == 0 or last
+            evaluated = (step + 1) % r.eval_interval == 0 or last
+            saved = evaluated or (step + 1) % ckpt_every == 0
             # the host reads the losses only when it needs them: to log, evaluate, save or call back
             train_loss = read_losses() if (logged or saved or callbacks) else None
             optimizer.step()
@@ -262,9 +264,9 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                     if tb:
                         tb.add_scalar("train/loss", train_loss, step)
                         tb.add_scalar("train/lr", lr, step)
-            if step % r.eval_interval == 0 or step == r.max_iters:
+            if evaluated:
                 eval_and_save(step)
-            elif step % ckpt_every == 0:
+            elif saved:
                 checkpoint(step, False)
         if r.eval_iters == 0 and state.get("last_eval_step", step) != step:
             eval_and_save(step)  # resumed at max_iters from a checkpoint between evaluations: score that model
