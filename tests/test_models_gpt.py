@@ -111,3 +111,26 @@ def test_sequence_longer_than_context():
 def test_bad_generate_settings(kw, named):
     with pytest.raises(MathlensError, match=named):
         tiny().generate(PROMPT, 2, seed=0, **kw)
+
+
+@pytest.mark.parametrize("r", [8, 4])  # full and partial rotary (GPT-NeoX rotates a fraction of each head)
+def test_apply_rope_is_hugging_faces_formula_bitwise_and_an_isometry(r):
+    from mathlens.flow.operators import apply_rope
+    from mathlens.models.positional import Positional
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = Positional("rope", 5, 24, r).rope(5, "cpu", torch.float64)
+    xr, h = x[..., :r], r // 2
+    rotated = torch.cat((-xr[..., h:], xr[..., :h]), -1)  # HF's rotate_half
+    hf = torch.cat((xr * cos + rotated * sin, x[..., r:]), -1)
+    y = apply_rope(x, cos, sin)
+    assert torch.equal(y, hf)
+    # each (i, i + r/2) pair turns by the angle t·θ_i: norms per token are kept, and position 0 is the identity
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-14, atol=0)
+    assert torch.equal(y[:, :, 0], x[:, :, 0])
+    # its backward is the transposed rotation, applied to the upstream gradient
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    assert torch.allclose(dx, apply_rope(g, cos, -sin), rtol=0, atol=1e-15)
+    assert torch.autograd.gradgradcheck(lambda t: apply_rope(t, cos, sin), (x,))

@@ -120,19 +120,21 @@ def attention_operator(u: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, w_o: Te
     return heads.transpose(1, 2).reshape(B, N, n_heads * dv) @ w_o, w
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary position embedding (non-interleaved halves, the Llama / GPT-NeoX convention). x: (B, H, T, d);
-    cos/sin: (T, r) with r ≤ d: the first r features of each head rotate, the rest pass (partial rotary)."""
+    """Rotary position embedding (non-interleaved halves, the Llama / GPT-NeoX convention): ``x cos + rotate_half(x) sin``
+    with ``rotate_half(x₁, x₂) = (−x₂, x₁)`` over the halves of the rotated features.
+
+    x: (B, H, T, d); cos/sin: (T, r) or anything broadcasting to (B, H, T, r), with r ≤ d: the first r features of
+    each head rotate, the rest pass (partial rotary). ``rotate_half(x) sin`` is computed as ``roll(x, r/2) · s``
+    with ``s = (−sin₁, sin₂)`` folded on the small (T, r) table: bitwise the same products, two fewer passes over
+    ``x`` (no negation, no concatenation) in the forward and in the backward.
+    """
     r = cos.shape[-1]
+    signed = torch.cat((-sin[..., : r // 2], sin[..., r // 2:]), dim=-1)
     if r == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return x * cos + x.roll(r // 2, -1) * signed
     xr = x[..., :r]
-    return torch.cat((xr * cos + rotate_half(xr) * sin, x[..., r:]), dim=-1)
+    return torch.cat((xr * cos + xr.roll(r // 2, -1) * signed, x[..., r:]), dim=-1)
 
 
 def euler(u: Tensor, f: Tensor, dt: float) -> Tensor:

@@ -13,10 +13,10 @@ Residual states come from hooks on the blocks (so only selected layers are kept)
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mathlens.errors import MathlensError
+from mathlens.flow.operators import apply_rope
 
 
 def _heads(x: Tensor, dh: int) -> Tensor:
@@ -31,16 +31,6 @@ def _first(out):
 
 def _hidden_arg(args, kwargs):
     return args[0] if args else kwargs["hidden_states"]
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``x: (B, H, T, dh)``, ``cos, sin: (B, T, dh)`` -> ``x cos + rotate_half(x) sin`` (HF convention)."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
 class _HFAdapter:
@@ -170,8 +160,8 @@ class LlamaAdapter(_HFAdapter):
 
             def qk(mod, inp, out, i=i, raw=raw):  # runs before the attention module's own output hook
                 cos, sin = raw.pop("cos_sin")
-                rec(i, "q", apply_rope(raw.pop("q"), cos, sin))
-                rec(i, "k", apply_rope(raw.pop("k"), cos, sin))
+                rec(i, "q", apply_rope(raw.pop("q"), cos.unsqueeze(1), sin.unsqueeze(1)))
+                rec(i, "k", apply_rope(raw.pop("k"), cos.unsqueeze(1), sin.unsqueeze(1)))
                 rec(i, "v", raw.pop("v"))
 
             for name in ("q", "k", "v"):
