@@ -59,6 +59,44 @@ def test_lanczos_on_matrix_eigenvectors_and_warm_start():
         lanczos(op, k=0)
 
 
+def test_lanczos_finds_every_copy_of_a_repeated_eigenvalue():
+    # one Krylov space holds one direction per eigenspace: without the deflation check the second 5 is missed
+    rest = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, 197))
+    B = _sym(200, seed=0, eigenvalues=torch.cat([torch.tensor([5.0, 5.0, 4.9], dtype=torch.float64), rest]))
+    plain = lanczos(MatrixOperator(B), k=2, tol=1e-8, check_multiplicity=False)
+    assert plain.converged and plain.eigenvalues == pytest.approx([5.0, 4.9], rel=1e-8)  # the blind spot
+    assert lanczos(MatrixOperator(B), k=2, tol=1e-8).eigenvalues == pytest.approx([5.0, 5.0], rel=1e-8)
+    lam = torch.cat([torch.tensor([5.0, 5.0, 4.9, 5.0], dtype=torch.float64), rest[:96]])
+    A = _sym(100, seed=3, eigenvalues=lam)
+    res = lanczos(MatrixOperator(A), k=4, tol=1e-8)
+    assert res.converged
+    np.testing.assert_allclose(res.eigenvalues, [5, 5, 5, 4.9], rtol=1e-7)
+    V = res.eigenvectors
+    np.testing.assert_allclose((V @ V.T).numpy(), np.eye(4), atol=1e-7)  # three independent vectors for 5
+    residuals = torch.linalg.norm(V @ A - torch.tensor(res.eigenvalues, dtype=A.dtype)[:, None] * V, dim=1)
+    assert float(residuals.max()) < 1e-6
+    assert res.n_matvecs > lanczos(MatrixOperator(A), k=4, tol=1e-8, check_multiplicity=False).n_matvecs  # counted
+    assert lanczos(MatrixOperator(A), k=1, tol=1e-8).eigenvalues == pytest.approx([5.0], rel=1e-8)  # no check needed
+
+
+@pytest.mark.parametrize("lam, k", [([1.0] * 5, 2), ([7.0] + [0.0] * 19, 3), ([2.0, 1.0, 1.0], 3)])
+def test_lanczos_restarts_after_an_invariant_subspace(lam, k):
+    A = _sym(len(lam), seed=4, eigenvalues=torch.tensor(lam, dtype=torch.float64))
+    res = lanczos(MatrixOperator(A), k=k, tol=1e-10)
+    assert res.converged and len(res.eigenvalues) == k and res.eigenvectors.shape == (k, len(lam))
+    np.testing.assert_allclose(res.eigenvalues, sorted(lam, reverse=True)[:k], atol=1e-10)
+
+
+def test_power_iteration_and_eigsh_reject_bad_k_and_handle_the_null_space():
+    A = _sym(2, seed=5, eigenvalues=torch.tensor([3.0, 1.0], dtype=torch.float64))
+    with pytest.raises(MathlensError, match="k must be between 1 and"):
+        power_iteration(MatrixOperator(A), k=3)
+    with pytest.raises(MathlensError, match="ARPACK needs"):
+        eigsh_top(MatrixOperator(A), k=2)
+    zero = power_iteration(MatrixOperator(torch.zeros(4, 4, dtype=torch.float64)))
+    assert zero.eigenvalues == [0.0] and zero.converged
+
+
 def test_eigsh_second_implementation_agrees():
     A = _sym(80, seed=2)
     a = lanczos(MatrixOperator(A), k=3, tol=1e-12, max_iter=80)

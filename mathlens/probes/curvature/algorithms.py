@@ -34,7 +34,8 @@ WHICH = ("LA", "LM", "SA")
 
 @dataclass
 class EigenResult:
-    """Top eigenvalues sorted descending (by value, or by magnitude for ``which="LM"``)."""
+    """The wanted eigenvalues, best first: descending for ``which="LA"``, by magnitude for ``"LM"``, ascending for
+    ``"SA"`` (the smallest)."""
 
     eigenvalues: list[float]
     n_matvecs: int
@@ -112,11 +113,20 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 
 
 def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed: int = 0,
-            v0: torch.Tensor | None = None, which: str = "LA", return_eigenvectors: bool = True) -> EigenResult:
+            v0: torch.Tensor | None = None, which: str = "LA", return_eigenvectors: bool = True,
+            check_multiplicity: bool = True) -> EigenResult:
     """Top-``k`` eigenpairs of the symmetric ``op`` by Lanczos with full re-orthogonalisation.
 
-    ``max_iter``: at most this many matvecs (default ``min(size, max(40, 4k))``); ``v0: (size,)``
+    ``max_iter``: at most this many matvecs in the main run (default ``min(size, max(40, 4k))``); ``v0: (size,)``
     a warm start (e.g. the previous top eigenvector), else a seeded Gaussian vector.
+
+    A single Krylov space holds one direction of each eigenspace, so with full re-orthogonalisation the main run
+    sees a repeated eigenvalue once. Two remedies: on a breakdown (an invariant subspace, e.g. the identity) the run
+    restarts from a random vector orthogonal to it, so it never returns fewer than ``k`` pairs; and with
+    ``check_multiplicity`` (``k ≥ 2``) a converged result is checked by Lanczos on the deflated operator
+    ``(I − QQᵀ) A (I − QQᵀ)``, ``Q`` the Ritz vectors found: a wanted eigenvalue it finds beyond them (another
+    copy of a repeated one) joins the result, and the check repeats until it finds none. That costs one more
+    converged top-1 run (more if copies are found); the top eigenvalue itself (``k = 1``) never needs it.
     """
     if which not in WHICH:
         raise MathlensError(f"which must be one of {WHICH}, got {which!r}")
@@ -130,10 +140,54 @@ def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed
     v = (_randn(op, seed) if v0 is None else v0.detach().to(op.device, op.dtype).clone())
     if float(v.norm()) == 0:
         raise MathlensError("the Lanczos start vector v0 is zero")
+    theta, vecs, res, history, converged, count = _lanczos_run(op, v, k, m_max, tol, which, seed)
+    if check_multiplicity and converged and k >= 2 and k < n:
+        key = {"LA": lambda x: x, "SA": lambda x: -x, "LM": abs}[which]
+        for r in range(1, k + 1):  # at most k − 1 copies can be missing; the last round confirms none is
+            defl = _Deflated(op, vecs)
+            start = defl.project(_randn(op, seed + 7919 * r))
+            if float(start.norm()) <= 1e-12 * math.sqrt(n):
+                break
+            mu, x, r_mu, _, ok, used = _lanczos_run(defl, start, 1, min(n - len(vecs), m_max), tol, which, seed + r)
+            count += used
+            if not ok or key(mu[0]) <= key(theta[-1]) + tol * max(abs(theta[-1]), 1e-30):
+                break  # nothing wanted beyond the Ritz vectors (a non-converged check proves nothing either way)
+            # x ⟂ Q, so its residual for A differs from the deflated one only by Q Qᵀ A x = O(the residuals of Q)
+            theta, vecs, res = theta + mu, torch.cat([vecs, x]), res + r_mu
+            order = sorted(range(len(theta)), key=lambda i: -key(theta[i]))[:k]
+            theta, vecs, res = [theta[i] for i in order], vecs[order], [res[i] for i in order]
+    return EigenResult([float(x) for x in theta], count, time.perf_counter() - t0, converged, "lanczos",
+                       [float(r) for r in res], history, vecs if return_eigenvectors else None)
+
+
+class _Deflated:
+    """``(I − QQᵀ) A (I − QQᵀ)`` for orthonormal rows ``Q: (r, size)`` (the eigenvectors already found)."""
+
+    def __init__(self, op, Q: torch.Tensor):
+        self.op, self.Q = op, Q
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            x = x - self.Q.T @ (self.Q @ x)
+        return x
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.op.matvec(self.project(x)))
+
+
+def _lanczos_run(op, v: torch.Tensor, k: int, m_max: int, tol: float, which: str, seed: int):
+    """One Lanczos run from ``v``: (Ritz values, Ritz vectors ``(k, size)``, residuals, history, converged, matvecs).
+
+    Stops when every wanted Ritz pair has residual ``β_m |s_{m,i}| ≤ tol·|θ|``. On a breakdown (β ≈ 0: the Krylov
+    space is invariant, its Ritz values exact) it continues from a seeded random vector orthogonal to every
+    Lanczos vector so far (T gets a zero off-diagonal), until the space is exhausted.
+    """
+    n = op.size
     v = v / v.norm()
     V = torch.empty((m_max, n), dtype=op.dtype, device=op.device)
     alphas, betas, history = [], [], []
-    converged, beta, idx, res = False, 0.0, np.arange(1), np.zeros(1)
+    converged, beta, idx, res, restarts = False, 0.0, np.arange(1), np.zeros(1), 0
     for j in range(m_max):
         V[j] = v
         w = op.matvec(v)
@@ -143,27 +197,34 @@ def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed
             w = w - V[: j + 1].T @ (V[: j + 1] @ w)
         beta = float(w.norm())
         alphas.append(alpha)
-        betas.append(beta)
-        theta, S = _tridiag_eig(alphas, betas)
+        theta, S = _tridiag_eig(alphas, betas + [beta])
         idx = _select(theta, min(k, j + 1), which)
+        scale = max(float(np.abs(theta).max()), 1e-30)
+        breakdown = beta <= 1e-12 * scale * math.sqrt(n)
+        if breakdown:
+            beta = 0.0  # the tridiagonal is block-diagonal from here on
+        betas.append(beta)
         res = beta * np.abs(S[-1, idx])
         history.append(float(theta[idx[0]]))
-        scale = max(float(np.abs(theta).max()), 1e-30)
-        if j + 1 >= k and np.all(res <= tol * np.maximum(np.abs(theta[idx]), 1e-12 * scale)):
+        if j + 1 >= k and np.all(res <= tol * np.maximum(np.abs(theta[idx]), 1e-12 * scale)) and not (
+                breakdown and j + 1 < k):
             converged = True
             break
-        if beta <= 1e-12 * scale * math.sqrt(n):  # invariant subspace found: Ritz values are exact
-            converged = j + 1 >= k
+        if j + 1 == m_max:
             break
-        v = w / beta
+        if breakdown:  # restart orthogonally to the invariant subspace found
+            restarts += 1
+            w = torch.randn(n, generator=_generator(seed + 104729 * restarts), dtype=torch.float64).to(op.device, op.dtype)
+            for _ in range(2):
+                w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+            v = w / w.norm()
+        else:
+            v = w / beta
     m = len(alphas)
-    vecs = None
-    if return_eigenvectors:
-        Sk = torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device)
-        vecs = (V[:m].T @ Sk).T.contiguous()
-        vecs = vecs / vecs.norm(dim=1, keepdim=True)
-    return EigenResult([float(x) for x in theta[idx]], m,
-                       time.perf_counter() - t0, converged, "lanczos", [float(r) for r in res], history, vecs)
+    Sk = torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device)
+    vecs = (V[:m].T @ Sk).T.contiguous()
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    return [float(x) for x in theta[idx]], vecs, [float(r) for r in res], history, converged, m
 
 
 def eigsh_top(op, k: int = 1, tol: float = 1e-6, seed: int = 0, max_iter: int | None = None,
@@ -172,6 +233,8 @@ def eigsh_top(op, k: int = 1, tol: float = 1e-6, seed: int = 0, max_iter: int | 
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     n, count = op.size, [0]
+    if not 1 <= k < n:
+        raise MathlensError(f"ARPACK needs 1 ≤ k < the number of parameters {n}, got k={k} (use lanczos for k = n)")
 
     def mv(x):
         count[0] += 1
@@ -196,6 +259,8 @@ def eigsh_top(op, k: int = 1, tol: float = 1e-6, seed: int = 0, max_iter: int | 
 def power_iteration(op, k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
                     v0: torch.Tensor | None = None) -> EigenResult:
     """PyHessian's power iteration (dominant eigenvalues by magnitude), its stopping rule included."""
+    if not 1 <= k <= op.size:
+        raise MathlensError(f"k must be between 1 and the number of parameters {op.size}, got {k}")
     t0 = time.perf_counter()
     gen = _generator(seed)
     eigenvalues, eigenvectors, history, count = [], [], [], 0
@@ -218,6 +283,9 @@ def power_iteration(op, k: int = 1, max_iter: int = 100, tol: float = 1e-3, seed
             Hv = op.matvec(v)
             count += 1
             tmp = float(Hv @ v)
+            if float(Hv.norm()) == 0:  # v is in the null space: eigenvalue 0, exactly
+                eigenvalue, converged = 0.0, True
+                break
             v = Hv / Hv.norm()
             if i == 0:
                 history.append(tmp)
