@@ -80,6 +80,20 @@ def test_knn_torch_float32_input_and_exact_ties_fall_back():
     assert torch.equal(i[:, :3] % 100, torch.arange(400)[:, None].expand(400, 3) % 100)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_knn_is_exact_when_distances_are_tiny_against_the_norms(dtype):
+    # two clusters at ±1e4 (centring leaves norms of 1e4) with spread 1e-3: ||x||² + ||y||² − 2<x, y> would keep
+    # no digit of d² ≈ 1e-6 even in float64 (error ~1e-16 · 2e8); the refinement uses the differences instead
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(150, 2)) * 1e-3 + 1e4, rng.normal(size=(150, 2)) * 1e-3 - 1e4])
+    X = np.c_[X, np.zeros(300)]
+    d, i = knn(X, 3, dtype=dtype)
+    d_ref, i_ref = brute_knn(X, 3)
+    assert np.array_equal(i.numpy(), i_ref)
+    np.testing.assert_allclose(d.numpy(), d_ref, rtol=1e-9)
+    assert (d[:, 0] > 0).all()  # no point mistaken for a duplicate
+
+
 @pytest.mark.parametrize("bad", [
     lambda: knn(np.zeros((5, 3)), 0),
     lambda: knn(np.zeros((3, 3)), 3),

@@ -10,8 +10,9 @@ is computed: block (I, J>=I) gives row candidates for the points of I *and* colu
 for the points of J, so the n^2 D multiply-adds are done once, not twice.
 
 Exactness. For each point the ``k + margin`` smallest float32 values are kept as candidates;
-all but the last are recomputed in float64 (same formula on the centred points: error ~1e-16
-of the squared norms) and re-sorted. The float32 values carry a rounding error of at most
+all but the last are recomputed in float64 as direct differences ``Σ_d (x_id − x_jd)²`` (no
+cancellation: relative error ~1e-16 of the distance itself, however far the points are from the
+origin) and re-sorted. The float32 values carry a rounding error of at most
 
     |s_ij - d_ij^2| <= c_err (||x_i||^2 + ||x_j||^2),   c_err = 2 gamma_D + 8 u,
     gamma_D = D u / (1 - D u),  u = unit roundoff of the working dtype
@@ -129,13 +130,14 @@ def _candidates(Xw: torch.Tensor, sq: torch.Tensor, kk: int, chunk: int):
     return vals, idx
 
 
-def _refine(Xc: torch.Tensor, sq64: torch.Tensor, idx: torch.Tensor, k: int,
+def _refine(Xc: torch.Tensor, idx: torch.Tensor, k: int,
             rows: torch.Tensor | None = None):
     """Float64 squared distances of the candidates, sorted (ties by index); first k kept.
 
-    Xc: (n, D) float64 centred points, sq64: (n,) their squared norms; idx: (m, r) candidates of
+    Xc: (n, D) float64 centred points; idx: (m, r) candidates of
     the query points ``rows`` (m indices into Xc; default all n) -> d2 (m, k) float64, idx (m, k).
-    d2 = ||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j> in float64: error ~1e-16 (||x_i||^2 + ||x_j||^2).
+    d2 = Σ_d (x_id − x_jd)² from the differences in float64: relative error ~1e-16 of d2 itself (the
+    expanded ||x_i||² + ||x_j||² − 2<x_i, x_j> would lose every digit of a distance below ~1e-8 of the norms).
     """
     m, r = idx.shape
     d2_out = torch.empty((m, k), dtype=torch.float64, device=Xc.device)
@@ -149,8 +151,8 @@ def _refine(Xc: torch.Tensor, sq64: torch.Tensor, idx: torch.Tensor, k: int,
         cand, _ = torch.sort(idx[start:stop], dim=1)  # ties broken by index, as a stable brute force
         G = buf[: cand.numel() * D].view(stop - start, r, D)
         torch.index_select(Xc, 0, cand.reshape(-1), out=G.view(-1, D))
-        dots = torch.bmm(G, Xc[q].unsqueeze(2)).squeeze(2)  # (rows, r)
-        d2 = (sq64[cand] + sq64[q].unsqueeze(1)).sub_(dots, alpha=2).clamp_min_(0)
+        G.sub_(Xc[q].unsqueeze(1))
+        d2 = torch.einsum("qrd,qrd->qr", G, G)  # (rows, r)
         d2s, pos = torch.sort(d2, dim=1, stable=True)
         d2_out[start:stop] = d2s[:, :k]
         idx_out[start:stop] = torch.gather(cand, 1, pos[:, :k])
@@ -195,27 +197,28 @@ def knn_checked(Xd: torch.Tensor, k: int, *, dtype="float32", chunk_size: int | 
     Xw, sq = Xc.to(wdtype), sq64.to(wdtype)
     vals, idx = _candidates(Xw, sq, kk, chunk_size)
     if kk < n - 1:  # refine all candidates but the last; the last bounds every point not refined
-        d2, nn = _refine(Xc, sq64, idx[:, :-1], k)
+        d2, nn = _refine(Xc, idx[:, :-1], k)
         u = _unit_roundoff(wdtype)
         gamma = D * u / (1 - D * u)
         tol = (2 * gamma + 8 * u) * (sq64 + sq64.max())
         bound = vals[:, -1].to(torch.float64) - tol
         bad = torch.nonzero(~(d2[:, -1] <= bound)).flatten()
         if bad.numel() > 0:
-            d2[bad], nn[bad] = _brute_force_rows(Xc, sq64, bad, kk, k)
+            d2[bad], nn[bad] = _brute_force_rows(Xc, bad, kk, k)
     else:  # every other point is a candidate
-        d2, nn = _refine(Xc, sq64, idx, k)
+        d2, nn = _refine(Xc, idx, k)
     return d2.clamp_min_(0).sqrt_(), nn
 
 
-def _brute_force_rows(Xc: torch.Tensor, sq64: torch.Tensor, rows: torch.Tensor, kk: int, k: int):
-    """Float64 candidates against all points for the given rows, then the exact refinement."""
-    step = _auto_chunk(Xc.shape[0], 8)
+def _brute_force_rows(Xc: torch.Tensor, rows: torch.Tensor, kk: int, k: int):
+    """Candidates against all points for the given rows from float64 differences (``cdist`` without the matrix
+    multiply: no cancellation, however small the distances against the norms), then the exact refinement."""
+    step = max(1, min(_auto_chunk(Xc.shape[0], 8), _REFINE_ELEMENTS // max(1, Xc.shape[0] * Xc.shape[1])))
     cands = []
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
-        S = torch.addmm(sq64, Xc[r], Xc.T, beta=1, alpha=-2).add_(sq64[r, None])
+        S = torch.cdist(Xc[r], Xc, compute_mode="donot_use_mm_for_euclid_dist")
         S[torch.arange(r.numel(), device=Xc.device), r] = math.inf
         cands.append(torch.topk(S, kk, dim=1, largest=False).indices)
-    d2, nn = _refine(Xc, sq64, torch.cat(cands), k, rows=rows)
+    d2, nn = _refine(Xc, torch.cat(cands), k, rows=rows)
     return d2, nn
