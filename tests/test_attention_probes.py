@@ -170,3 +170,14 @@ def test_singular_values_of_float32_patterns_match_the_float64_svd():
     assert torch.equal(st.rank_for_error(P, 0.1), st.rank_for_error(P.double(), 0.1))
     wide = P[:, :40]  # (5, 40, 96): the Gram of the smaller side
     assert torch.allclose(st.singular_values(wide), torch.linalg.svdvals(wide.double()), atol=1e-6)
+
+
+def test_zero_matrix_has_effective_rank_zero_and_negative_thresholds_are_refused():
+    assert st.effective_rank(torch.zeros(2, 4, 4, dtype=torch.float64)).tolist() == [0.0, 0.0]
+    assert st.effective_rank(torch.eye(4, dtype=torch.float64)).item() == pytest.approx(4.0, rel=1e-14)
+    P = torch.tril(torch.ones(4, 4, dtype=torch.float64))
+    P = P / P.sum(-1, keepdim=True)
+    for f in (lambda: st.fraction_above(P, -0.01), lambda: st.sorted_row_statistics(P, 2, True, tau=-0.01)):
+        with pytest.raises(MathlensError, match="tau must be"):
+            f()
+    assert st.fraction_above(P, 0.0).tolist() == [1.0, 1.0, 1.0, 1.0]  # every visible weight, no masked zero

@@ -39,6 +39,11 @@ def _square(P: Tensor) -> None:
         raise MathlensError(f"attention matrices must have shape (..., n, n), got {tuple(P.shape)}")
 
 
+def _check_tau(tau: float | None) -> None:
+    if tau is not None and not tau >= 0:
+        raise MathlensError(f"tau must be ≥ 0 (a weight threshold), got {tau}")
+
+
 def singular_values(P: Tensor) -> Tensor:
     """``P: (..., n, m)`` -> ``σ: (..., min(n, m))`` in float64, descending.
 
@@ -55,9 +60,11 @@ def singular_values(P: Tensor) -> Tensor:
 
 
 def effective_rank_from_singular_values(s: Tensor) -> Tensor:
-    """``s: (..., r)`` singular values -> ``(...,)`` Roy–Vetterli effective rank ``exp(H(s / Σ s))``."""
-    p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
-    return torch.exp(torch.special.entr(p).sum(-1))
+    """``s: (..., r)`` singular values -> ``(...,)`` Roy–Vetterli effective rank ``exp(H(s / Σ s))`` (0 for the zero
+    matrix, like its rank)."""
+    total = s.sum(-1, keepdim=True)
+    p = s / total.clamp_min(torch.finfo(s.dtype).tiny)
+    return torch.where(total[..., 0] > 0, torch.exp(torch.special.entr(p).sum(-1)), 0.0)  # the zero matrix: rank 0
 
 
 def effective_rank(P: Tensor) -> Tensor:
@@ -165,6 +172,7 @@ def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True, tau: float
     ``(..., n)``: :func:`top_k_mass`, :func:`gini` and :func:`fraction_above` from one sort of the rows (the count
     of entries above ``tau`` is a binary search in each sorted row)."""
     _square(P)
+    _check_tau(tau)
     n = P.shape[-1]
     xs = sort_rows(P)
     out = (xs[..., n - min(int(top_k), n):].sum(-1), gini(P, causal, sorted_rows=xs))
@@ -177,8 +185,10 @@ def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True, tau: float
 
 
 def fraction_above(P: Tensor, tau: float, causal: bool = True) -> Tensor:
-    """``P: (..., n, n)`` -> ``(..., n)``: share of a row's visible entries with ``P_ij > tau``."""
+    """``P: (..., n, n)`` -> ``(..., n)``: share of a row's visible entries with ``P_ij > tau`` (``tau ≥ 0``: the
+    masked entries are zeros, so a negative threshold would count them)."""
     _square(P)
+    _check_tau(tau)
     m = visible_counts(P.shape[-1], causal, P.device).to(P.dtype)
     return (P > tau).sum(-1) / m
 
