@@ -102,6 +102,18 @@ def test_pac_bayes_sigma_closed_form():
     assert again.sigma == res.sigma
 
 
+def test_pac_bayes_sigma_away_from_a_minimum_equals_the_minimum_value():
+    # antithetic pairs ±z cancel the first-order term σ gᵀz exactly on a quadratic, so moving w off the minimum
+    # (here by 3 per coordinate: gᵀz dominates the curvature term) leaves the estimate unchanged to roundoff
+    model, _, c = _diag_problem(n=40, zero=True)
+    at_min = pac_bayes_sigma(model, quad_loss, [None], delta=0.01, n_draws=16, seed=1, n_bisect=20)
+    with torch.no_grad():
+        model.w.add_(3.0)
+    off = pac_bayes_sigma(model, quad_loss, [None], delta=0.01, n_draws=16, seed=1, n_bisect=20)
+    assert off.loss > 1.0
+    assert off.sigma == pytest.approx(at_min.sigma, rel=1e-9)
+
+
 def test_qk_symmetry_preserves_function_and_scores():
     model, loss_fn, batches = attention_problem()
     pairs = find_qk_pairs(model)
