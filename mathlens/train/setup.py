@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import os
 from dataclasses import dataclass
@@ -79,16 +81,22 @@ class DistInfo:
             dist.destroy_process_group()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "run.device") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a ``torch.device``;
+    :class:`MathlensError` naming ``what`` for any other name or a device this machine lacks."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(name)):
+        raise MathlensError(f"{what} = {name!r} is not a device (allowed: auto, cpu, cuda, cuda:N, mps)")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MathlensError(f"run.device = {name!r} but CUDA is not available here (use --device cpu)")
+        raise MathlensError(f"{what} = {name!r} but CUDA is not available here (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MathlensError(f"{what} = {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise MathlensError(f"run.device = {name!r} but MPS is not available here (use --device cpu)")
+        raise MathlensError(f"{what} = {name!r} but MPS is not available here (use cpu)")
     return dev
 
 
