@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
