@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,37 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a Path if a folder can be there: :class:`MathlensError` when it, or the nearest ancestor that
+    exists, is not a folder (checked before any work, so a bad ``--out`` costs nothing and writes nothing)."""
+    from mathlens.errors import MathlensError
+
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise MathlensError(f"{what} {path}: {probe} is a file, not a folder")
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder; on success its files are moved into ``path`` (created if needed), on an
+    error it is removed: a command that fails half-way leaves nothing at ``path``."""
+    path = Path(path)
+    stage = Path(tempfile.mkdtemp(prefix=".mathlens-stage-"))
+    try:
+        yield stage
+        for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+            dest = path / f.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(f, tmp)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -101,7 +101,8 @@ def _write(tmp_path, name, data: bytes):
 
 @pytest.mark.parametrize("case", ["missing", "empty", "binary", "not_utf8", "too_short", "unknown_name", "online",
                                   "neg_lr", "zero_batch", "unknown_key", "unknown_section", "bad_preset",
-                                  "bad_attention"])
+                                  "bad_attention", "not_a_float", "seed_range", "section_not_table",
+                                  "out_of_memory", "out_is_a_file", "out_under_a_file"])
 def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     data, extra, needles = None, [], []
@@ -136,9 +137,23 @@ def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
         extra, needles = ["--preset", "gpt5"], ["unknown preset 'gpt5'"]
     elif case == "bad_attention":
         extra, needles = ["--attention", "fast"], ["run.attention = 'fast'", "cudnn"]
+    elif case == "not_a_float":  # argparse's own errors are one line too (no usage block)
+        extra, needles = ["--lr", "abc"], ["argument --lr: invalid float value: 'abc'"]
+    elif case == "seed_range":
+        extra, needles = ["--seed", str(2**70)], ["argument --seed", "out of range"]
+    elif case == "section_not_table":  # `model = 3`, then flags for that section: refused, not silently replaced
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("model = 3\n")
+        extra, needles = ["--config", str(cfg)], ["config section [model] must be a table", "int 3"]
+    elif case == "out_of_memory":  # 10^14 × 16 tokens: beyond any address space, so it fails at once everywhere
+        extra, needles = ["--batch-size", str(10**14)], ["out of memory", "smaller batch"]
+    elif case in ("out_is_a_file", "out_under_a_file"):
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" if case == "out_is_a_file" else tmp_path / "f" / "run"
+        needles = ["run.out_dir", "is a file, not a folder"]
     argv = ["train", "--out", str(out), *TINY, *extra] + (["--data", data] if data else ["--data", "tinyshakespeare"])
     _fails(capsys, argv, *needles)
-    assert not out.exists()
+    assert not out.exists() or out.read_text() == "x"
 
 
 @pytest.fixture
@@ -198,3 +213,32 @@ def test_run_dir_locked_by_live_run(run_copy, capsys):
 
 def test_sample_missing_run_dir(tmp_path, capsys):
     _fails(capsys, ["sample", str(tmp_path / "nothing")], "run directory not found")
+
+
+def test_resume_needs_the_checkpoints_own_tokenizer(run_copy, capsys):
+    tok = run_copy / "tokenizer"
+    saved = {p.name: p.read_bytes() for p in tok.iterdir()}
+    f = next(p for p in tok.iterdir() if p.suffix == ".json")
+    f.write_text(f.read_text().replace('"a"', '"z"', 1) if '"a"' in f.read_text() else f.read_text() + " ")
+    before = _snapshot(run_copy)
+    _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--max-iters", "6", "--quiet"],
+           "does not match the checkpoint", "fingerprint")
+    assert _snapshot(run_copy) == before
+    shutil.rmtree(tok)
+    before = _snapshot(run_copy)
+    _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--max-iters", "6", "--quiet"],
+           "cannot resume", "tokenizer/ folder is missing")
+    assert _snapshot(run_copy) == before and saved
+
+
+def test_sample_settings_and_device(trained, capsys):
+    for argv, needle in ((["--temperature", "nan"], "temperature = nan"), (["--device", "tpu"], "not a device"),
+                         (["--seed", "-1"], "out of range"), (["--top-p", "nan"], "top_p = nan")):
+        _fails(capsys, ["sample", str(trained), "--max-new-tokens", "3", *argv], needle)
+    # a tiny temperature is the greedy limit, not inf − inf = NaN
+    outs = []
+    for t in ("1e-40", "0"):
+        capsys.readouterr()
+        assert main(["sample", str(trained), "--prompt", "A", "--max-new-tokens", "20", "--temperature", t]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]

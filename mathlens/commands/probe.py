@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mathlens.commands import seed
+
 
 def add_parser(sub):
     p = sub.add_parser("probe", help="run probes on a model (run dir, HF model folder or 'smollm2')")
@@ -11,7 +13,7 @@ def add_parser(sub):
     p.add_argument("--out", default=None, help="output directory (default runs/probe-<time>)")
     p.add_argument("--n-sequences", type=int, default=8)
     p.add_argument("--n-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mathlens.commands import seed
 from mathlens.errors import MathlensError
 
 #: recipe used when neither --preset nor --config is given (and --resume finds no saved config)
@@ -21,7 +22,7 @@ FLAGS = {
     "weight_decay": ("optim", "weight_decay", float), "warmup_iters": ("optim", "warmup_iters", int),
     "lr_decay_iters": ("optim", "lr_decay_iters", int), "schedule": ("optim", "schedule", str),
     "grad_clip": ("optim", "grad_clip", float), "grad_accum": ("optim", "grad_accum", int),
-    "out": ("run", "out_dir", str), "max_iters": ("run", "max_iters", int), "seed": ("run", "seed", int),
+    "out": ("run", "out_dir", str), "max_iters": ("run", "max_iters", int), "seed": ("run", "seed", seed),
     "eval_interval": ("run", "eval_interval", int), "eval_iters": ("run", "eval_iters", int),
     "log_interval": ("run", "log_interval", int), "device": ("run", "device", str), "dtype": ("run", "dtype", str),
     "attention": ("run", "attention", str),

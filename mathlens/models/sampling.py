@@ -10,7 +10,7 @@ from mathlens.errors import MathlensError
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """MathlensError for temperature < 0, top_k < 1 or top_p outside (0, 1]."""
-    if temperature < 0:
+    if not temperature >= 0:  # NaN too
         raise MathlensError(f"temperature = {temperature!r} is invalid (must be ≥ 0; 0 is greedy decoding)")
     if top_k is not None and top_k < 1:
         raise MathlensError(f"top_k = {top_k!r} is invalid (must be ≥ 1)")
@@ -22,11 +22,12 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
                   top_p: float | None = None) -> Tensor:
     """Logits (..., V) of the sampling distribution: divide by ``temperature``; keep the ``top_k`` largest;
     keep the smallest set of most likely tokens whose probability reaches ``top_p`` (the token that crosses
-    the threshold is kept). Removed tokens get −inf."""
+    the threshold is kept). Removed tokens get −inf. The row maximum is subtracted before the division (a shift,
+    which softmax ignores), so a tiny temperature gives 0 and −inf — the greedy limit — instead of inf − inf."""
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         raise MathlensError("temperature = 0 has no sampling distribution (greedy decoding: sample_next)")
-    logits = logits / temperature
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mathlens.errors import MathlensError  # noqa: E402
-from mathlens.io import atomic_path, write_json  # noqa: E402
+from mathlens.io import atomic_path, check_output_dir, staged_dir, write_json  # noqa: E402
+from mathlens.train.setup import resolve_device  # noqa: E402
 
 PROBES = ("attention", "geometry", "curvature")
 
@@ -32,7 +33,8 @@ def load_model(spec: str, device: str = "cpu"):
     path = Path(spec)
     if not path.exists():
         raise MathlensError(f"model not found: {spec} (a run directory, a Hugging Face model folder, or 'smollm2')")
-    if (path / "config.json").is_file() and not (path / "checkpoints").exists():
+    is_run = (path / "metrics.jsonl").exists() or (path / "checkpoints").exists() or (path / "tokenizer").is_dir()
+    if (path / "config.json").is_file() and not is_run:  # a run of `mathlens train` without checkpoints is no HF folder
         from mathlens.pretrained import load_local
 
         return (*load_local(path, device=device), "hf")
@@ -117,23 +119,27 @@ def run_probes(model_spec: str, probes, out: str | Path, corpus: str = "tinyshak
     unknown = [p for p in probes if p not in PROBES]
     if unknown or not probes:
         raise MathlensError(f"unknown probe {unknown[0] if unknown else ''!r} (allowed: {', '.join(PROBES)})")
+    out = check_output_dir(out)
+    device = str(resolve_device(device, "--device"))
     model, tok, kind = load_model(model_spec, device)
     if kind == "gpt":
         n_tokens = min(n_tokens, model.config.block_size + (1 if "curvature" in probes else 0))
     idx = make_inputs(tok, corpus, n_sequences, n_tokens, seed).to(device)
-    out = Path(out)
     results = {}
-    for name in probes:
-        t0 = time.time()
-        log(f"probe {name} ...")
-        x = idx if name == "curvature" or kind == "hf" else idx[:, : model.config.block_size]
-        if name == "curvature":
-            res = probe_curvature(model, x[: max(1, n_sequences // 4)], out, seed, kind)
-        else:
-            res = (probe_attention if name == "attention" else probe_geometry)(model, x, out, seed)
-        res["settings"] = {"model": model_spec, "corpus": corpus, "n_sequences": n_sequences, "n_tokens": n_tokens,
-                           "seed": seed, "device": device, "seconds": round(time.time() - t0, 2)}
-        write_json(out / f"{name}.json", res)
-        results[name] = res
-        log(f"probe {name}: wrote {out / (name + '.json')}")
+    with staged_dir(out) as stage:  # every probe's files, or none: a probe that fails leaves nothing half-written
+        for name in probes:
+            t0 = time.time()
+            log(f"probe {name} ...")
+            x = idx if name == "curvature" or kind == "hf" else idx[:, : model.config.block_size]
+            if name == "curvature":
+                res = probe_curvature(model, x[: max(1, n_sequences // 4)], stage, seed, kind)
+            else:
+                res = (probe_attention if name == "attention" else probe_geometry)(model, x, stage, seed)
+            res["settings"] = {"model": model_spec, "corpus": corpus, "n_sequences": n_sequences,
+                               "n_tokens": n_tokens, "seed": seed, "device": device,
+                               "seconds": round(time.time() - t0, 2)}
+            write_json(stage / f"{name}.json", res)
+            results[name] = res
+            log(f"probe {name}: done")
+    log(f"wrote {', '.join(f'{out / name}.json' for name in probes)}")
     return results

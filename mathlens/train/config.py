@@ -134,8 +134,8 @@ class RunConfig:
         dev = self.device.split(":")[0]
         if dev not in ("auto", "cpu", "cuda", "mps"):
             raise _bad("run.device", self.device, "auto, cpu, cuda, cuda:N, mps")
-        if self.seed < 0:
-            raise _bad("run.seed", self.seed, "≥ 0")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise _bad("run.seed", self.seed, "0 … 2**32 − 1")
         if not self.out_dir:
             raise _bad("run.out_dir", self.out_dir, "a folder path")
 
@@ -206,8 +206,11 @@ def merge(base: dict, update: dict) -> dict:
     """Section-wise merge of two nested config dicts (``update`` wins)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if k in out and isinstance(v, dict) != isinstance(out[k], dict):  # e.g. `model = 3` in a file, then --n-layer
+            bad = out[k] if isinstance(v, dict) else v
+            raise MathlensError(f"config section [{k}] must be a table of settings, got {type(bad).__name__} {bad!r}")
+        if isinstance(v, dict) and k in out:
             out[k].update(v)
         else:
-            out[k] = v
+            out[k] = dict(v) if isinstance(v, dict) else v
     return out

@@ -20,7 +20,9 @@ model), so ``best_val_loss`` is always exact.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,12 +32,13 @@ import torch
 from torch import nn
 
 from mathlens.errors import MathlensError
-from mathlens.io import write_json
+from mathlens.io import check_output_dir, write_json
 from mathlens.models.gpt import GPT
 from mathlens.train.checkpoint import (
     load_checkpoint,
     optimizer_from_tensors,
     rank_rng_tensors,
+    read_index,
     restore_rank_rng,
     restore_rng,
     save_checkpoint,
@@ -87,7 +90,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bo
     checkpoint stays. A run directory holding a live run (lock file) is refused.
     """
     r, d = config.run, config.data
-    run_dir = Path(r.out_dir)
+    run_dir = check_output_dir(r.out_dir, "run.out_dir")
     device = resolve_device(r.device)
     dinfo, device = setup_distributed(device)
     if d.batch_size % dinfo.world:
@@ -96,18 +99,37 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bo
         raise MathlensError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (run_dir / CKPT_DIR / "index.json").exists():
         raise MathlensError(f"nothing to resume in {run_dir} (no checkpoint there)")
-    tok, data = prepare_data(config, run_dir if resume else None)
-    mcfg = config.model_config(tok.vocab_size)
-    dtype, autocast = autocast_for(r.dtype, device, r.attention)
-    lock = RunLock(run_dir) if dinfo.is_main else None
+    created = not run_dir.exists()
     try:
-        if lock:
-            lock.acquire()
-        return _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+        tok, data = prepare_data(config, run_dir if resume else None)
+        mcfg = config.model_config(tok.vocab_size)
+        dtype, autocast = autocast_for(r.dtype, device, r.attention)
+        lock = RunLock(run_dir) if dinfo.is_main else None
+        try:
+            if lock:
+                lock.acquire()
+            return _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+        finally:
+            if lock:
+                lock.release()
+    except BaseException:
+        if created and dinfo.is_main and _trained_steps(run_dir) == 0:  # nothing of value: no half-written run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
-        if lock:
-            lock.release()
         dinfo.close()
+
+
+def _trained_steps(run_dir: Path) -> int:
+    """The last training step ``run_dir`` records, in its latest checkpoint or its metrics (a run that diverged
+    before its first checkpoint still has its loss curve); 0 when there is none or it is unreadable."""
+    steps = [0]
+    with contextlib.suppress(MathlensError, OSError, IndexError, ValueError, AttributeError):
+        steps.append(int(read_index(run_dir / CKPT_DIR)["latest"].split("-")[1].split(".")[0]))
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        lines = (run_dir / METRICS).read_text(encoding="utf-8").splitlines()
+        steps += [int(json.loads(line).get("step", 0)) for line in lines if line.strip()]
+    return max(steps)
 
 
 def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast):

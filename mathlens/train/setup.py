@@ -21,13 +21,21 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def prepare_data(config: TrainConfig, run_dir: str | os.PathLike | None = None):
-    """``(tokenizer, TokenDataset)``: the tokenizer saved in ``run_dir`` when there is one (resume / sample),
-    else one trained on the corpus. Both splits must hold at least one context (``block_size + 1`` tokens)."""
+    """``(tokenizer, TokenDataset)``: the tokenizer saved in ``run_dir`` (resume; it must be there and match the
+    latest checkpoint's fingerprint), else one trained on the corpus. Both splits must hold at least one context (``block_size + 1`` tokens)."""
     d = config.data
     corpus = load_corpus(d.corpus)
-    saved = Path(run_dir) / TOKENIZER_DIR if run_dir is not None else None
-    if saved is not None and saved.is_dir():
+    if run_dir is not None:  # resume: the tokenizer the checkpoint was trained with, and no other
+        from mathlens.train.checkpoint import load_checkpoint
+        from mathlens.train.loop import CKPT_DIR
+
+        saved = Path(run_dir) / TOKENIZER_DIR
+        if not saved.is_dir():
+            raise MathlensError(f"cannot resume {run_dir}: its {TOKENIZER_DIR}/ folder is missing")
         tok = load_tokenizer(saved)
+        want = load_checkpoint(Path(run_dir) / CKPT_DIR).manifest.get("tokenizer", {}).get("fingerprint")
+        if want not in (None, tok.fingerprint()):
+            raise MathlensError(f"tokenizer in {run_dir} does not match the checkpoint's (fingerprint differs)")
     else:
         tok = train_tokenizer(d.tokenizer, corpus.text, d.vocab_size)
     data = TokenDataset.from_corpus(corpus, tok)
