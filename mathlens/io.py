@@ -30,15 +30,18 @@ def atomic_path(path: str | os.PathLike):
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as a Path if a folder can be there: :class:`MathlensError` when it, or the nearest ancestor that
-    exists, is not a folder (checked before any work, so a bad ``--out`` costs nothing and writes nothing)."""
+    exists, is not a folder, or is a folder this process cannot write (checked before any work, so a bad ``--out``
+    costs nothing and writes nothing). ``what`` names the setting in the message."""
     from mathlens.errors import MathlensError
 
     path = Path(path)
     probe = path
-    while not probe.exists() and probe != probe.parent:
+    while not (probe.exists() or probe.is_symlink()) and probe != probe.parent:
         probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise MathlensError(f"{what} {path}: {probe} is a file, not a folder")
+    if not probe.is_dir():
+        raise MathlensError(f"{what} {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MathlensError(f"{what} {path}: folder {probe} is not writable")
     return path
 
 

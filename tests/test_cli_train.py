@@ -150,7 +150,7 @@ def test_bad_input_exits_2_without_writing(case, tmp_path, capsys, monkeypatch):
     elif case in ("out_is_a_file", "out_under_a_file"):
         (tmp_path / "f").write_text("x")
         out = tmp_path / "f" if case == "out_is_a_file" else tmp_path / "f" / "run"
-        needles = ["run.out_dir", "is a file, not a folder"]
+        needles = ["run.out_dir", "is not a folder"]
     argv = ["train", "--out", str(out), *TINY, *extra] + (["--data", data] if data else ["--data", "tinyshakespeare"])
     _fails(capsys, argv, *needles)
     assert not out.exists() or out.read_text() == "x"

@@ -67,7 +67,7 @@ def test_probe_out_that_is_a_file_and_a_run_without_checkpoints(tiny_run, tmp_pa
     for out in (tmp_path / "f", tmp_path / "f" / "sub"):
         assert main(["probe", str(tiny_run[0]), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
-        assert "is a file, not a folder" in err and "\n" not in err
+        assert "is not a folder" in err and "\n" not in err
     assert (tmp_path / "f").read_text() == "x"
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)

@@ -46,10 +46,7 @@ def run(args) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise MathlensError(f"--parallel = {args.parallel} is invalid (≥ 1)")
     spec = load_sweep(args.sweep_file)
-    if args.ray_address:
-        from mathlens.sweep.ray_backend import import_ray
-
-        import_ray()
+    # run_sweep checks the output folder, the Ray address and the corpora before it writes anything
     results = run_sweep(spec, parallel=args.parallel, out=args.out, ray_address=args.ray_address,
                         quiet=args.quiet)
     Console(width=160).print(summary_table(results))

@@ -15,6 +15,7 @@ finish) and ``results.json`` (all records, at the end). Running the same sweep a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mathlens.errors import MathlensError
-from mathlens.io import write_json, write_text
+from mathlens.io import check_output_dir, write_json, write_text
 from mathlens.sweep.config import SweepSpec, cpu_cores
 from mathlens.sweep.grid import Point, expand
 from mathlens.sweep.results import (
@@ -203,6 +204,35 @@ def sweep_dir_of(spec: SweepSpec, out: str | None = None) -> Path:
     return (Path(out or spec.out) / spec.name).resolve()
 
 
+def make_sweep_dir(sweep_dir: Path, where: str) -> None:
+    check_output_dir(sweep_dir, where)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MathlensError(f"{where}: cannot create the sweep directory {sweep_dir} "
+                            f"({e.strerror or type(e).__name__})") from None
+
+
+def check_corpora(spec: SweepSpec, points: list[Point]) -> None:
+    """Load each distinct ``data.corpus`` of ``points`` (those still to run) once (the base config's, unless the
+    grid varies it), so a missing path, unknown name, empty or binary file is one MathlensError before anything
+    runs or is written. Whether a corpus is long enough for a point's context stays each point's own check
+    (it depends on the point's tokenizer and block_size)."""
+    from mathlens.data.corpora import load_corpus
+
+    seen: set[str] = set()
+    for p in points:
+        corpus = p.config["data"]["corpus"]
+        if corpus in seen:
+            continue
+        seen.add(corpus)
+        try:
+            load_corpus(corpus)
+        except MathlensError as e:
+            where = f"point {p.id}" if "data.corpus" in p.values else f"{spec.source} (base config)"
+            raise MathlensError(f"{where}: data.corpus: {e}") from None
+
+
 def run_sweep(spec: SweepSpec, *, parallel: int | None = None, out: str | None = None,
               ray_address: str | None = None, quiet: bool = False) -> SweepResults:
     """Run every unfinished point of ``spec`` (locally with ``parallel`` processes, or as Ray tasks on
@@ -215,26 +245,40 @@ def run_sweep(spec: SweepSpec, *, parallel: int | None = None, out: str | None =
     points = expand(spec, sweep_dir)
     parallel = parallel or spec.default_parallel
     threads = spec.threads or max(1, cpu_cores() // parallel)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(sweep_dir):
-        write_json(sweep_dir / SWEEP_FILE, {"name": spec.name, "spec": spec.to_dict(),
-                                            "base_config": spec.base_config(),
-                                            "points": [{"id": p.id, "values": p.values} for p in points]})
-        finished, todo = prepare(points, sweep_dir)
-        records = {p.id: point_record(p.to_dict()) for p in points}
-        progress = _Progress(sweep_dir, records, len(points), quiet)
-        if not quiet:
-            how = f"Ray at {ray_address}" if ray_address else f"{parallel} processes × {threads} threads"
-            print(f"sweep {spec.name}: {len(points)} points, {len(finished)} finished, {len(todo)} to run "
-                  f"({how}) in {sweep_dir}", file=sys.stderr, flush=True)
-        if todo:
-            if ray_address:
-                from mathlens.sweep.ray_backend import run_ray
+    # every check of the input comes before anything is written under the output folder
+    where = "--out" if out else f"{spec.source}: sweep.out = {spec.out!r}; the sweep directory"
+    check_output_dir(sweep_dir, where)
+    pending = [p for p in points if finished_result(p.run_dir, p.config["run"]["max_iters"]) is None]
+    session = contextlib.nullcontext()
+    if ray_address:
+        from mathlens.sweep.ray_backend import check_ray_address, import_ray, ray_session
 
-                run_ray(todo, ray_address, spec.threads or 1, spec.gpus_per_point, progress)
-            else:
-                _run_local(todo, parallel, threads, progress)
-        results = SweepResults(spec.name, [records[p.id] for p in points])
-        write_text(sweep_dir / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in results.records))
-        write_json(sweep_dir / RESULTS_JSON, results.to_dict())
+        check_ray_address(ray_address)  # before importing ray: an unreachable address is one line, at once
+        import_ray()
+        if pending:
+            session = ray_session(ray_address)
+    check_corpora(spec, pending)
+    with session:  # connected (a bad `auto`, a port that is no Ray) before the sweep directory is made
+        make_sweep_dir(sweep_dir, where)
+        with RunLock(sweep_dir):
+            write_json(sweep_dir / SWEEP_FILE, {"name": spec.name, "spec": spec.to_dict(),
+                                                "base_config": spec.base_config(),
+                                                "points": [{"id": p.id, "values": p.values} for p in points]})
+            finished, todo = prepare(points, sweep_dir)
+            records = {p.id: point_record(p.to_dict()) for p in points}
+            progress = _Progress(sweep_dir, records, len(points), quiet)
+            if not quiet:
+                how = f"Ray at {ray_address}" if ray_address else f"{parallel} processes × {threads} threads"
+                print(f"sweep {spec.name}: {len(points)} points, {len(finished)} finished, {len(todo)} to run "
+                      f"({how}) in {sweep_dir}", file=sys.stderr, flush=True)
+            if todo:
+                if ray_address:
+                    from mathlens.sweep.ray_backend import run_ray
+
+                    run_ray(todo, ray_address, spec.threads or 1, spec.gpus_per_point, progress)
+                else:
+                    _run_local(todo, parallel, threads, progress)
+            results = SweepResults(spec.name, [records[p.id] for p in points])
+            write_text(sweep_dir / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in results.records))
+            write_json(sweep_dir / RESULTS_JSON, results.to_dict())
     return results
