@@ -17,7 +17,9 @@ def run(args) -> int:
     from mathlens.report.html import write_report
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise MathlensError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise MathlensError(f"run directory {run_dir} is not a directory")
     print(f"report: {write_report(run_dir)}")
     return 0

@@ -24,7 +24,7 @@ from mathlens.errors import MathlensError
 from mathlens.experiments.context import Context
 from mathlens.experiments.registry import all_experiments
 from mathlens.experiments.suites import get_suite
-from mathlens.io import write_json
+from mathlens.io import check_output_dir, write_json
 
 
 def environment() -> dict:
@@ -56,27 +56,39 @@ def select(only: list[str] | None):
 
 def run_validate(suite: str = "default", out: str | Path | None = None, only: list[str] | None = None,
                  device: str | None = None, log=print) -> Path:
-    """Run (or resume) ``suite`` into ``out`` and return the run directory."""
+    """Run (or resume) ``suite`` into ``out`` and return the run directory.
+
+    Every input (suite, device, ``only``, the output location and, on resume, meta.json and the finished records)
+    is checked before anything is created or written: a bad one raises :class:`MathlensError` and leaves no trace."""
     s = get_suite(suite)
-    if device:
+    if device is not None:
         from dataclasses import replace
 
-        s = replace(s, device=device)
-    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        from mathlens.train.setup import resolve_device
+
+        s = replace(s, device=str(resolve_device(device, what="--device")))
+    elif s.device.startswith("cuda") and not torch.cuda.is_available():
         raise MathlensError(f"suite {suite!r} needs a CUDA GPU (device {s.device!r}); none is available")
+    exps = select(only)
     run_dir = Path(out) if out else Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S")
-    meta_path = run_dir / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("suite", {}).get("name") != s.name:
-            raise MathlensError(f"{run_dir} holds a {meta.get('suite', {}).get('name')!r} run, not {s.name!r}")
+    check_output_dir(run_dir, "--out" if out else "run directory")
+    check_layout(run_dir, dirs=("experiments", "figures", "models"), files=(META, "results.json", "report.html"))
+    meta_path = run_dir / META
+    resuming = meta_path.exists()
+    if resuming:
+        meta = read_meta(run_dir)
+        if meta["suite"]["name"] != s.name:
+            raise MathlensError(f"{run_dir} holds a {meta['suite']['name']!r} run, not {s.name!r}")
+    read_records(run_dir)  # a corrupt finished record stops the run before anything is rewritten
+    # nothing was written up to here
+    if resuming:
         log(f"resuming {run_dir}")
     else:
         meta = {"suite": s.to_dict(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment()}
         write_json(meta_path, meta)
     ctx = Context(s, run_dir, log=log)
     t_start = time.time()
-    for exp in select(only):
+    for exp in exps:
         path = run_dir / "experiments" / f"{exp.id}.json"
         if path.exists():
             log(f"  {exp.id}: done already")
@@ -101,24 +113,129 @@ def run_validate(suite: str = "default", out: str | Path | None = None, only: li
     meta["duration_s"] = round(time.time() - t_start, 1)
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(meta_path, meta)
-    collect(run_dir)
     from mathlens.report.html import write_report
 
-    write_report(run_dir)
+    write_report(run_dir)  # results.json, then report.html
     return run_dir
 
 
-def collect(run_dir: str | Path) -> dict:
-    """Gather meta.json and experiments/*.json into results.json."""
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "meta.json"
-    if not meta_path.exists():
-        raise MathlensError(f"not a validate run directory (no meta.json): {run_dir}")
+# reading a run directory: every problem is one line naming the file ----------------------------------------------
+META = "meta.json"
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
+
+
+def _kind(x) -> str:
+    if x is None:
+        return "null"
+    return "true/false" if isinstance(x, bool) else _KINDS.get(type(x), type(x).__name__)
+
+
+def _is(x, want) -> bool:
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, (int, float)) if want is float else isinstance(x, want)
+
+
+def _field(obj: dict, key: str, want, path: Path, where: str = "", required: bool = True):
+    """``obj[key]`` when it is of JSON type ``want``; :class:`MathlensError` naming ``path`` and the field otherwise."""
+    name = f"{where}.{key}" if where else key
+    if key not in obj:
+        if required:
+            raise MathlensError(f"{path}: {name!r} is missing")
+        return None
+    x = obj[key]
+    if not _is(x, want):
+        raise MathlensError(f"{path}: {name!r} is {_kind(x)}, not {_KINDS[want]}")
+    return x
+
+
+def check_layout(run_dir: Path, dirs=(), files=()) -> None:
+    """What a run writes must not be blocked: ``dirs`` under ``run_dir`` are folders, ``files`` are not."""
+    for name in dirs:
+        if (run_dir / name).exists() and not (run_dir / name).is_dir():
+            raise MathlensError(f"{run_dir / name} is not a directory")
+    for name in files:
+        if (run_dir / name).is_dir():
+            raise MathlensError(f"{run_dir / name} is a directory, not a file")
+
+
+def read_json(path: Path):
+    """The JSON value in ``path``; :class:`MathlensError` naming it when it is unreadable, not UTF-8 or not JSON."""
+    if path.is_dir():
+        raise MathlensError(f"{path} is a directory, not a JSON file")
     try:
-        meta = json.loads(meta_path.read_text())
-        records = [json.loads(p.read_text()) for p in sorted((run_dir / "experiments").glob("*.json"))]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MathlensError(f"corrupt result file in {run_dir}: {e}") from None
-    results = {"meta": meta, "experiments": records}
-    write_json(run_dir / "results.json", results)
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise MathlensError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise MathlensError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise MathlensError(f"{path} is not valid JSON: nested too deeply") from None
+    except OSError as e:
+        raise MathlensError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_meta(run_dir: Path) -> dict:
+    """meta.json of a run, checked: an object whose ``suite`` is an object with a ``name``."""
+    path = run_dir / META
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise MathlensError(f"{path} holds {_kind(meta)}, not an object")
+    _field(_field(meta, "suite", dict, path), "name", str, path, "suite")
+    _field(meta, "environment", dict, path, required=False)
+    return meta
+
+
+def check_record(rec, path: Path) -> dict:
+    """An ``experiments/<id>.json`` record, checked for everything the report reads from it."""
+    if not isinstance(rec, dict):
+        raise MathlensError(f"{path} holds {_kind(rec)}, not an experiment record (an object)")
+    e = _field(rec, "experiment", dict, path)
+    for key, want in (("id", str), ("number", int), ("title", str), ("claim", str), ("source", str),
+                      ("prediction", str), ("method", str)):
+        _field(e, key, want, path, "experiment")
+    if not all(isinstance(g, str) for g in _field(e, "groups", list, path, "experiment")):
+        raise MathlensError(f"{path}: 'experiment.groups' must be a list of strings")
+    out = rec.get("outcome")
+    if out is None:
+        if rec.get("status") == "ok":
+            raise MathlensError(f"{path}: status is 'ok' but 'outcome' is missing")
+        return rec
+    out = _field(rec, "outcome", dict, path)
+    for key in ("statistic", "verdict", "rule"):
+        _field(out, key, str, path, "outcome")
+    ci = _field(out, "ci", dict, path, "outcome")
+    for key in ("estimate", "low", "high", "n", "method"):
+        if key not in ci:
+            raise MathlensError(f"{path}: 'outcome.ci.{key}' is missing")
+    for name, vals in (_field(out, "groups", dict, path, "outcome", required=False) or {}).items():
+        if not isinstance(vals, list) or not all(_is(v, float) for v in vals):
+            raise MathlensError(f"{path}: 'outcome.groups.{name}' must be a list of numbers")
+    _field(out, "numbers", dict, path, "outcome", required=False)
+    if out.get("figure") is not None:
+        _field(out, "figure", str, path, "outcome")
+    return rec
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """The finished experiment records of a run, checked, in file-name order."""
+    return [check_record(read_json(p), p) for p in sorted((run_dir / "experiments").glob("*.json"))]
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """meta.json and experiments/*.json, checked, as the content of results.json; writes nothing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MathlensError(f"run directory {run_dir} is not a directory")
+    if not (run_dir / META).exists() and not (run_dir / META).is_symlink():
+        raise MathlensError(f"not a validate run directory (no meta.json): {run_dir}")
+    check_layout(run_dir, files=("results.json", "report.html"))
+    return {"meta": read_meta(run_dir), "experiments": read_records(run_dir)}
+
+
+def collect(run_dir: str | Path) -> dict:
+    """Gather meta.json and experiments/*.json into results.json (after checking all of them)."""
+    results = load_results(run_dir)
+    write_json(Path(run_dir) / "results.json", results)
     return results

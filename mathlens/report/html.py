@@ -1,6 +1,6 @@
 """The self-contained HTML report of a validate run: no network, no CDN, figures inline, text escaped.
 
-Reads only ``results.json`` (via :func:`mathlens.experiments.runner.collect`) and ``figures/``.
+Reads the run's records (checked by :func:`mathlens.experiments.runner.load_results`) and ``figures/``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import html
 import json
 from pathlib import Path
 
-from mathlens.io import write_text
+from mathlens.errors import MathlensError
+from mathlens.io import write_json, write_text
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -58,7 +59,10 @@ def _figure(run_dir: Path, name: str | None, alt: str) -> str:
     path = run_dir / "figures" / Path(name).name
     if not path.is_file():
         return f"<p><em>figure {esc(name)} is missing</em></p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    try:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as e:
+        raise MathlensError(f"cannot read figure {path}: {e.strerror or e}") from None
     return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"></figure>'
 
 
@@ -131,11 +135,15 @@ seeds {esc(_fmt(suite.get('seeds')))}; {len(recs)} claims: {summary}.</p>
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """(Re)build ``report.html`` from ``results.json`` and the figures; returns its path."""
-    from mathlens.experiments.runner import collect
+    """(Re)build ``results.json`` and ``report.html`` from meta.json, the experiment records and the figures;
+    returns the report's path. Every input is read and checked, and the page rendered, before anything is written
+    (a bad input raises :class:`MathlensError` and changes nothing); both files are written atomically."""
+    from mathlens.experiments.runner import load_results
 
     run_dir = Path(run_dir)
-    results = collect(run_dir)
+    results = load_results(run_dir)
+    page = render(run_dir, results)
+    write_json(run_dir / "results.json", results)
     path = run_dir / "report.html"
-    write_text(path, render(run_dir, results))
+    write_text(path, page)
     return path
