@@ -233,9 +233,3 @@ def load_results(run_dir: str | Path) -> dict:
     check_layout(run_dir, files=("results.json", "report.html"))
     return {"meta": read_meta(run_dir), "experiments": read_records(run_dir)}
 
-
-def collect(run_dir: str | Path) -> dict:
-    """Gather meta.json and experiments/*.json into results.json (after checking all of them)."""
-    results = load_results(run_dir)
-    write_json(Path(run_dir) / "results.json", results)
-    return results
