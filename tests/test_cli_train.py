@@ -237,8 +237,22 @@ def test_sample_settings_and_device(trained, capsys):
         _fails(capsys, ["sample", str(trained), "--max-new-tokens", "3", *argv], needle)
     # a tiny temperature is the greedy limit, not inf − inf = NaN
     outs = []
-    for t in ("1e-40", "0"):
+    for t in ("1e-300", "1e-40", "0"):  # 1e-300 is 0 in float32: clamped to the smallest normal float
         capsys.readouterr()
         assert main(["sample", str(trained), "--prompt", "A", "--max-new-tokens", "20", "--temperature", t]) == 0
         outs.append(capsys.readouterr().out)
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
+    (trained.parent / "afile").write_text("x")
+    _fails(capsys, ["sample", str(trained.parent / "afile")], "is not a directory")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", '"text"', "3"])
+def test_json_config_that_is_not_an_object(content, run_copy, tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(content)
+    _fails(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "o"), *TINY], "must hold an object")
+    assert not (tmp_path / "o").exists()
+    (run_copy / "config.json").write_text(content)  # the saved config that --resume reads
+    before = _snapshot(run_copy)
+    _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--max-iters", "6", "--quiet"], "must hold an object")
+    assert _snapshot(run_copy) == before

@@ -81,9 +81,12 @@ def _read_config(path) -> dict:
         if not path.is_file():
             raise MathlensError(f"config file not found: {path}")
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise MathlensError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise MathlensError(f"config file {path} must hold an object of settings, got {type(data).__name__}")
+        return data
     return load_toml(path)
 
 

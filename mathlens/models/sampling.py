@@ -27,7 +27,8 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         raise MathlensError("temperature = 0 has no sampling distribution (greedy decoding: sample_next)")
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+    tiny = torch.finfo(logits.dtype).tiny if logits.is_floating_point() else 0.0  # 1e-300 would round to 0 in float32
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, tiny)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

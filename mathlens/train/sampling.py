@@ -19,8 +19,10 @@ CKPT_DIR = "checkpoints"
 def load_run(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
     """``(GPT in eval mode, tokenizer)`` from the ``best`` or ``latest`` checkpoint of ``run_dir`` (verified)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise MathlensError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise MathlensError(f"run directory {run_dir} is not a directory")
     ckpt = load_checkpoint(run_dir / CKPT_DIR, which)
     tok_ref = ckpt.manifest.get("tokenizer", {})
     tok = load_tokenizer(run_dir / tok_ref.get("path", "tokenizer"))
