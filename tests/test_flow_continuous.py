@@ -176,3 +176,16 @@ def test_bad_input_names_the_problem():
         ContinuousTransformer.from_blocks(alibi.blocks)
     with pytest.raises(MathlensError, match="have no place in a Lie-step template"):
         ContinuousTransformer.from_blocks([FlowBlock(_cfg(scheme="strang"))])
+
+
+def test_heun_schemes_freeze_theta_at_midpoints_by_default_and_the_reference_needs_constant_sigmas():
+    from mathlens.flow.convergence import convergence_model, reference_solution
+
+    model, u0 = convergence_model(seed=0)
+    # second order needs θ(t + dt/2): the default now says so, instead of silently giving order 1
+    assert torch.equal(model(u0, 8, "strang_heun"), model(u0, 8, "strang_heun", sample_at="midpoint"))
+    assert torch.equal(model(u0, 8, "lie"), model(u0, 8, "lie", sample_at="left"))
+    with torch.no_grad():  # a σ2 that changes in t: the retraction to the initial std would be wrong
+        next(p for n, p in model.controls.items() if n.endswith("sigma2"))[1].fill_(2.0)
+    with pytest.raises(MathlensError, match="constant σ1, σ2"):
+        reference_solution(model, u0, n_steps=4)

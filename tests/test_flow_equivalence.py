@@ -129,3 +129,30 @@ def test_gpt_smoke_unchanged():
     m = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=16))
     assert m(torch.randint(0, 65, (2, 8)))[0].shape == (2, 8, 65)
     assert isinstance(m.blocks[0], FlowBlock)
+
+
+def test_pre_norm_strang_without_skip_is_the_composition_of_increments():
+    # skip=False drops every residual: u ↦ dt/2·F(P_ffn(dt·A(P_attn(dt/2·F_pre(P_pre(u)))))) (it once kept them)
+    from mathlens.flow import FlowConfig
+
+    torch.manual_seed(0)
+    u = torch.randn(2, 5, 8, dtype=torch.float64)
+    b = FlowBlock(FlowConfig(n_embd=8, n_head=2, block_size=5, scheme="strang", norm_position="pre", skip=False,
+                             dt=0.7, dropout=0.0)).double()
+    dt = 0.7
+    x = 0.5 * dt * b.feed_forward_pre(b.norm_pre(u))
+    x = dt * b.attention(b.norm_attn(x))
+    expected = 0.5 * dt * b.feed_forward(b.norm_ffn(x))
+    assert torch.allclose(b(u), expected, rtol=0, atol=1e-14)
+
+
+def test_causal_attention_with_fewer_queries_than_keys_is_one_answer():
+    # the queries are the last positions on every path; PyTorch's is_causal would align the mask top-left
+    from mathlens.flow.operators import attention_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64) for n in (3, 6, 6))
+    fused, _ = attention_kernel(q, k, v, 0.5, causal=True)
+    explicit, w = attention_kernel(q, k, v, 0.5, causal=True, need_weights=True)
+    assert torch.allclose(fused, explicit, rtol=0, atol=1e-14)
+    assert (w[0, 0] > 0).sum(-1).tolist() == [4, 5, 6]

@@ -37,6 +37,12 @@ CT_SCHEMES = ("lie", "strang", "parallel", "strang_heun", "strang_heun_ambient")
 SAMPLE_AT = ("left", "midpoint")
 
 
+def default_sample_at(scheme: str) -> str:
+    """Where a step freezes θ by default: "midpoint" for the ``strang_heun`` variants (second order needs θ at
+    t + dt/2; frozen at t their order is 1 for a time-dependent θ), "left" (the paper's θ^n) otherwise."""
+    return "midpoint" if scheme.startswith("strang_heun") else "left"
+
+
 def interpolation_weights(t: float, T: float, n_controls: int, kind: str) -> dict[int, float]:
     """θ(t) = Σ_k c_k θ_k: the coefficients {k: c_k} of the control points at time t ∈ [0, T]."""
     K = n_controls
@@ -264,10 +270,12 @@ class ContinuousTransformer(nn.Module):
         return self._call(u, t, norm_position=norm_position or self.cfg.norm_position, field=True)
 
     def step(self, u: Tensor, t: float, dt: float, scheme: str | None = None, norm_position: str | None = None,
-             sample_at: str = "left") -> Tensor:
-        """One step u(t) -> u(t + dt) of ``scheme`` with θ frozen at t (left) or t + dt/2 (midpoint)."""
+             sample_at: str | None = None) -> Tensor:
+        """One step u(t) -> u(t + dt) of ``scheme`` with θ frozen at t (left) or t + dt/2 (midpoint); default
+        :func:`default_sample_at` (midpoint for the second-order Heun variants, whose order a left θ would spoil)."""
         scheme = scheme or self.cfg.scheme
         check_choice("scheme", scheme, CT_SCHEMES)
+        sample_at = sample_at or default_sample_at(scheme)
         check_choice("sample_at", sample_at, SAMPLE_AT)
         norm_position = norm_position or self.cfg.norm_position
         if scheme.startswith("strang_heun") and (norm_position != "post" or self.cfg.ffn_form != "standard"
@@ -278,7 +286,7 @@ class ContinuousTransformer(nn.Module):
         return self._call(u, ts, dt=dt, scheme=scheme, norm_position=norm_position)
 
     def forward(self, u0: Tensor, n_steps: int | None = None, scheme: str | None = None,
-                norm_position: str | None = None, sample_at: str = "left", return_trajectory: bool = False):
+                norm_position: str | None = None, sample_at: str | None = None, return_trajectory: bool = False):
         """u0: (B, N_x, N_y) -> u(T): (B, N_x, N_y) after ``n_steps`` steps of size T / n_steps
         (default n_steps = n_controls); with ``return_trajectory`` the states (n_steps + 1, B, N_x, N_y)."""
         n_steps = self.n_controls if n_steps is None else n_steps

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mathlens.errors import MathlensError
 from mathlens.flow.config import FlowConfig, check_choice
-from mathlens.flow.continuous import CT_SCHEMES, ContinuousTransformer
+from mathlens.flow.continuous import CT_SCHEMES, ContinuousTransformer, default_sample_at
 from mathlens.flow.manifold import rk4_step
 from mathlens.flow.operators import project_s1
 from mathlens.stats import ols_slope, slope_ci
@@ -39,6 +39,9 @@ def reference_solution(model: ContinuousTransformer, u0: Tensor, n_steps: int = 
     retraction to the initial per-token mean and variance (it moves the state by O(dt⁵) only).
     """
     norm_position = norm_position or model.cfg.norm_position
+    for name, p in model.controls.items():  # the retraction below keeps the initial mean and std
+        if name.endswith(("sigma1", "sigma2")) and not bool((p == p[0]).all()):
+            raise MathlensError(f"reference_solution needs constant σ1, σ2 in t; control {name!r} varies")
     dt = model.T / n_steps
     u = u0
     mean, std = u0.mean(-1, keepdim=True), (u0 - u0.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).sqrt()
@@ -125,7 +128,7 @@ def convergence_study(scheme: str = "lie", n_steps_list=(8, 16, 32, 64), seed: i
     if model is None:
         model, u0 = convergence_model(seed, n_tokens, n_embd, T=T, time_dependent=time_dependent,
                                       norm_position=norm_position)
-    sample_at = sample_at or ("midpoint" if scheme.startswith("strang_heun") else "left")
+    sample_at = sample_at or default_sample_at(scheme)
     if reference is None:
         reference = reference_with_error(model, u0, reference_steps, norm_position)
     u_ref, ref_err = reference

@@ -92,6 +92,10 @@ def attention_kernel(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool
         mask = bias
         if causal:
             mask = bias.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    elif causal and q.shape[-2] != k.shape[-2]:
+        # the queries are the last positions (bottom-right alignment, as attention_weights has it); PyTorch's
+        # is_causal aligns a non-square mask top-left, so it would give another answer than need_weights=True
+        mask = causal_mask(q.shape[-2], k.shape[-2], q.device)  # boolean: True = may attend
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                          is_causal=causal and mask is None, scale=scale)
     return out, None

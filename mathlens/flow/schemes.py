@@ -72,10 +72,13 @@ def lie_step(u: Tensor, ops, dt: float = 1.0, norm_position: str = "post", resid
 def strang_step(u: Tensor, ops, dt: float = 1.0, norm_position: str = "post", residual: str = "euler",
                 skip: bool = True, hook=_identity_hook) -> Tensor:
     """One Strang–Marchuk (Macaron) step: 𝓕 for dt/2, 𝒜 for dt, 𝓕 for dt/2."""
-    if norm_position == "pre":
-        u = u + 0.5 * dt * ops.feed_forward_pre(ops.norm_pre(u))
-        u = hook("resid_mid", euler(u, ops.attention(ops.norm_attn(u)), dt))
-        return u + 0.5 * dt * ops.feed_forward(ops.norm_ffn(u))
+    if norm_position == "pre":  # without skip each substep's output is only its increment, as in lie_step
+        f = 0.5 * dt * ops.feed_forward_pre(ops.norm_pre(u))
+        u = u + f if skip else f
+        a = ops.attention(ops.norm_attn(u))
+        u = hook("resid_mid", euler(u, a, dt) if skip else dt * a)
+        f = 0.5 * dt * ops.feed_forward(ops.norm_ffn(u))
+        return u + f if skip else f
     y = feed_forward_substeps(u, ops, 0.5 * dt, skip, pre=True)
     u = ops.norm_pre(combine(u, y, residual))
     u = hook("attn_step", attention_substep(u, ops, dt, skip))
