@@ -154,3 +154,19 @@ def test_task_batch_errors():
         task.get_batch("test", 2, seed=0)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(task.get_batch("train", 6, generator=g1)[0], task.get_batch("train", 6, generator=g2)[0])
+
+
+def test_recall_draws_only_feasible_distances_at_the_smallest_block():
+    # block_size = 2·n_pairs + 2: odd distances leave no room for the distractors; they used to be drawn and raise
+    task = AssociativeRecall(n_pairs=4, block_size=10, seed=0)
+    x, y = task.get_batch("train", 64, seed=0)
+    assert x.shape == (64, 10)
+    roomy = AssociativeRecall(n_pairs=4, block_size=11, seed=0)  # every distance feasible: the old stream, unchanged
+    assert roomy.get_batch("train", 8, seed=3)[0].shape == (8, 11)
+
+
+def test_val_batches_are_not_the_train_batches_of_the_same_seed():
+    chain = MarkovChain(vocab_size=8, block_size=12, seed=0)
+    tr, va = chain.get_batch("train", 16, seed=5)[0], chain.get_batch("val", 16, seed=5)[0]
+    assert not torch.equal(tr, va)
+    assert torch.equal(va, chain.get_batch("val", 16, seed=5)[0])  # still reproducible

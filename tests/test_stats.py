@@ -152,3 +152,13 @@ def test_t_intervals_against_scipy():
         paired_t_ci([1.0, 2.0], [1.0])
     with pytest.raises(MathlensError):
         welch_ci([1.0], [1.0, 2.0])
+
+
+def test_verdicts_need_two_seeds_and_a_known_direction():
+    from mathlens.experiments.base import verdict_above, verdict_difference
+
+    assert verdict_above([0.01], 0.0)[1] == "inconclusive"  # one seed: a point, not an interval
+    assert verdict_difference([1.0], [0.99])[1] == "inconclusive"
+    assert verdict_above([0.01, 0.011, 0.012], 0.0)[1] == "supported"
+    with pytest.raises(MathlensError, match="direction"):
+        verdict_difference([1.0, 1.1], [0.0, 0.1], ">=")

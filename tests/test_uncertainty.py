@@ -157,3 +157,13 @@ def test_retrieval_accuracy_matches_a_direct_count():
         answers = t.eval_set("val", 200, 3)[:, -1]  # the value after the queried key
         assert acc[d] == pytest.approx(float((answers == t.n_keys).mean()), abs=1e-12)
         assert 0.05 < acc[d] < 0.5  # 4 values: about a quarter
+
+
+@pytest.mark.parametrize("probs, needle", [
+    ([[3.0, -1.0], [2.0, 0.5]], "probabilities in [0, 1]"),  # logits by mistake: ECE came out as 2.0
+    ([[float("nan"), 1.0], [0.5, 0.5]], "finite"),
+    ([[0.5, 0.2], [0.5, 0.5]], "sum to 1"),
+])
+def test_calibration_refuses_what_is_not_a_probability(probs, needle):
+    with pytest.raises(MathlensError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        expected_calibration_error(probs, [0, 1], 10)

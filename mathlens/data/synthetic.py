@@ -117,9 +117,16 @@ class AssociativeRecall(SyntheticTask):
 
     def _one(self, rng: np.random.Generator) -> np.ndarray:
         n_d, free = self.n_pairs - 1, self.body - 2
-        d = self.distance if self.distance is not None else int(rng.integers(0, free + 1))
-        # distractor pairs after the fact: 2 k <= d and 2 (n_d - k) <= free - d
-        ks = [k for k in range(n_d + 1) if 2 * k <= d and 2 * (n_d - k) <= free - d]
+
+        def placements(d: int) -> list[int]:  # distractor pairs after the fact: 2 k <= d and 2 (n_d - k) <= free - d
+            return [k for k in range(n_d + 1) if 2 * k <= d and 2 * (n_d - k) <= free - d]
+
+        if self.distance is None:  # uniform over the distances that leave room for every distractor pair
+            feasible = [d for d in range(free + 1) if placements(d)]
+            d = int(rng.integers(0, free + 1)) if len(feasible) == free + 1 else int(rng.choice(feasible))
+        else:
+            d = self.distance
+        ks = placements(d)
         if not ks:
             raise MathlensError(
                 f"distance {d} leaves no room for {n_d} distractor pairs in block_size {self.block_size}"

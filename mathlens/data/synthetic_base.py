@@ -60,7 +60,9 @@ class SyntheticTask:
             raise MathlensError("give exactly one of generator= or seed= for reproducible batches")
         if generator is None:
             generator = torch.Generator().manual_seed(int(seed))
-        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        draw = int(torch.randint(2**62, (1,), generator=generator))
+        # the split is part of the stream: a val batch never repeats the train batch of the same seed
+        rng = np.random.default_rng(draw if split == "train" else [draw, 3])
         return self._xy(self.sample(batch_size, rng, split), device, answers_only)
 
     def iter_eval_batches(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from mathlens.errors import MathlensError
 from mathlens.stats import CI, paired_t_ci, t_ci, welch_ci
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
@@ -41,6 +42,11 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _needs_two(ci: CI, verdict: str) -> str:
+    """One value has no interval (``t_ci`` returns the point): never a decisive verdict from a single seed."""
+    return verdict if ci.n >= 2 else INCONCLUSIVE
+
+
 def verdict_below(values, threshold: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies below ``threshold``."""
     ci = t_ci(values)
@@ -50,6 +56,7 @@ def verdict_below(values, threshold: float, what: str = "statistic") -> tuple[CI
         v = CONTRADICTED
     else:
         v = INCONCLUSIVE
+    v = _needs_two(ci, v)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies below {_fmt(threshold)}; "
             f"contradicted if it lies above; inconclusive otherwise")
     return ci, v, rule
@@ -64,6 +71,7 @@ def verdict_above(values, threshold: float, what: str = "statistic") -> tuple[CI
         v = CONTRADICTED
     else:
         v = INCONCLUSIVE
+    v = _needs_two(ci, v)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies above {_fmt(threshold)}; "
             f"contradicted if it lies below; inconclusive otherwise")
     return ci, v, rule
@@ -78,6 +86,7 @@ def verdict_within(values, low: float, high: float, what: str = "statistic") -> 
         v = CONTRADICTED
     else:
         v = INCONCLUSIVE
+    v = _needs_two(ci, v)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies inside "
             f"[{_fmt(low)}, {_fmt(high)}]; contradicted if disjoint from it; inconclusive otherwise")
     return ci, v, rule
@@ -92,6 +101,8 @@ def verdict_difference(treatment, control, direction: str = ">", what: str = "tr
     difference excludes 0 on the predicted side, contradicted when it excludes 0 on the other side,
     inconclusive when the groups do not differ beyond the CI.
     """
+    if direction not in (">", "<"):
+        raise MathlensError(f"direction must be '>' or '<', got {direction!r}")
     ci = paired_t_ci(treatment, control) if paired else welch_ci(treatment, control)
     sign = 1 if direction == ">" else -1
     if ci.excludes(0.0) and sign * ci.estimate > 0:
@@ -100,6 +111,7 @@ def verdict_difference(treatment, control, direction: str = ">", what: str = "tr
         v = CONTRADICTED
     else:
         v = INCONCLUSIVE
+    v = _needs_two(ci, v)
     rule = (f"supported if the 95% CI of {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] excludes 0 with sign {direction} 0; "
             f"contradicted if it excludes 0 with the other sign; inconclusive if it contains 0")
     return ci, v, rule

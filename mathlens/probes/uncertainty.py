@@ -39,6 +39,11 @@ def _probs_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
         raise MathlensError(f"probs must be (n, classes) with one label per row, got {p.shape} and {y.size}")
     if y.min() < 0 or y.max() >= p.shape[1]:
         raise MathlensError("labels must be integers in [0, classes)")
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise MathlensError("probs must be finite probabilities in [0, 1] (logits? apply a softmax first)")
+    worst = float(np.abs(p.sum(1) - 1).max())
+    if worst > 1e-4:  # float32 softmax rows are within ~1e-6 of 1
+        raise MathlensError(f"every row of probs must sum to 1 (a row is off by {worst:.3g}; apply a softmax first)")
     return p, y.astype(np.int64)
 
 
