@@ -91,3 +91,19 @@ def test_sphere_residual_zero_for_layernorm_outputs():
         sphere_residual(out, gamma=torch.zeros(64))
     with pytest.raises(MathlensError):
         sphere_residual(torch.tensor([1.0, float("nan")]))
+
+
+def test_sphere_residual_takes_a_layer_norms_parameters_without_warnings():
+    import warnings
+
+    from mathlens.probes.trajectories import sphere_residual
+
+    ln = torch.nn.LayerNorm(8, eps=0.0).double()
+    with torch.no_grad():
+        ln.weight.mul_(2.0)
+        ln.bias.add_(0.3)
+    u = ln(torch.randn(5, 8, dtype=torch.float64)).detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nn.Parameter gamma/beta used to warn about requires_grad
+        r = sphere_residual(u, gamma=ln.weight, beta=ln.bias)
+    assert r.max_mean_residual < 1e-12 and r.max_std_residual < 1e-12

@@ -193,8 +193,8 @@ def sphere_residual(u, sigma1: float = 0.0, sigma2: float = 1.0, *, gamma=None, 
     x = _f64(x, "u").reshape(-1, x.shape[-1])
     D = x.shape[-1]
     if gamma is not None or beta is not None:
-        g = torch.ones(D, dtype=torch.float64) if gamma is None else _f64(torch.as_tensor(gamma), "gamma")
-        b = torch.zeros(D, dtype=torch.float64) if beta is None else _f64(torch.as_tensor(beta), "beta")
+        g = torch.ones(D, dtype=torch.float64) if gamma is None else _f64(torch.as_tensor(gamma).detach(), "gamma")
+        b = torch.zeros(D, dtype=torch.float64) if beta is None else _f64(torch.as_tensor(beta).detach(), "beta")
         g, b = g.to(x.device).expand(D), b.to(x.device).expand(D)
         if bool((g == 0).any()):
             raise MathlensError("gamma has a zero entry: (u - beta) / gamma is undefined")
