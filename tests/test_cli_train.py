@@ -256,3 +256,16 @@ def test_json_config_that_is_not_an_object(content, run_copy, tmp_path, capsys):
     before = _snapshot(run_copy)
     _fails(capsys, ["train", "--out", str(run_copy), "--resume", "--max-iters", "6", "--quiet"], "must hold an object")
     assert _snapshot(run_copy) == before
+
+
+def test_resume_on_an_edited_corpus_is_refused(corpus, tmp_path, capsys):
+    text = corpus.read_text(encoding="utf-8")
+    edited = tmp_path / "corpus.txt"
+    edited.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(edited), "--out", str(out), *TINY]) == 0
+    edited.write_text(text.replace("e", "a"), encoding="utf-8")  # same length, same characters, other text
+    before = _snapshot(out)
+    _fails(capsys, ["train", "--out", str(out), "--resume", "--max-iters", "6", "--quiet"],
+           "not the text this run was trained on")
+    assert _snapshot(out) == before

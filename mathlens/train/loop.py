@@ -144,6 +144,10 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
     if resume:
         ckpt = load_checkpoint(run_dir / CKPT_DIR, "latest")
         _check_resumable(config, ckpt.manifest.get("config", {}), run_dir)
+        trained_on = ckpt.manifest.get("data", {}).get("tokens_sha256")  # absent in older checkpoints
+        if trained_on not in (None, data.tokens_sha256()):
+            raise MathlensError(f"cannot resume {run_dir}: the corpus {config.data.corpus!r} is not the text this run "
+                                "was trained on (its tokens' sha256 differs)")
         ckpt.load_model(model)
         tensors = ckpt.trainer_tensors()
         optimizer.load_state_dict(optimizer_from_tensors(tensors, ckpt.manifest["optimizer"]))
