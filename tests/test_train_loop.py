@@ -381,3 +381,19 @@ def test_run_attention_on_cuda_puts_the_choice_first_then_pytorchs_order(attenti
     assert list(torch._C._get_sdp_priority_order()) == default
     chosen = getattr(SDPBackend, ATTENTION_BACKENDS[attention]).value
     assert inside[0] == chosen and inside[1:4] == [b for b in default if b != chosen][:3]
+
+
+def test_resume_says_when_a_longer_run_moves_the_decay_horizon(corpus, tmp_path, capsys):
+    # lr_decay_iters unset follows max_iters: extending a run changes the schedule of the steps to come (as in
+    # nanoGPT); the resume says so and names the flag that keeps it, and that flag is accepted
+    import shutil
+
+    train(tiny_config(corpus, tmp_path / "run", run={"max_iters": 4, "eval_interval": 2}), quiet=True)
+    shutil.copytree(tmp_path / "run", tmp_path / "kept")
+    capsys.readouterr()
+    train(tiny_config(corpus, tmp_path / "run", run={"max_iters": 6, "eval_interval": 2}), resume=True, quiet=False)
+    err = capsys.readouterr().err
+    assert "decay now ends at step 6, not 4" in err and "--lr-decay-iters 4" in err
+    train(tiny_config(corpus, tmp_path / "kept", optim={"lr_decay_iters": 4}, run={"max_iters": 6, "eval_interval": 2}),
+          resume=True, quiet=False)
+    assert "decay now ends" not in capsys.readouterr().err

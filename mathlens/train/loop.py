@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ def _check_resumable(config: TrainConfig, saved: dict, where: Path) -> None:
     for section, keys in _RESUME_KEYS.items():
         a, b = saved.get(section, {}), now[section]
         for k in keys or sorted(set(a) | set(b)):
+            if (section, k) == ("optim", "lr_decay_iters") and a.get(k) is None and b.get(k) is not None and \
+                    b.get(k) == saved.get("run", {}).get("max_iters"):
+                continue  # setting the horizon the run had by default keeps its schedule
             if a.get(k) != b.get(k):
                 raise MathlensError(f"checkpoint in {where} comes from a different config: "
                                     f"{section}.{k} = {a.get(k)!r} there, {b.get(k)!r} here")
@@ -144,6 +148,12 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
     if resume:
         ckpt = load_checkpoint(run_dir / CKPT_DIR, "latest")
         _check_resumable(config, ckpt.manifest.get("config", {}), run_dir)
+        saved = ckpt.manifest.get("config", {})
+        before = saved.get("optim", {}).get("lr_decay_iters") or saved.get("run", {}).get("max_iters")
+        if before not in (None, config.lr_decay_iters) and not quiet and dinfo.is_main:
+            print(f"note: the learning-rate decay now ends at step {config.lr_decay_iters}, not {before} "
+                  f"(optim.lr_decay_iters follows run.max_iters); resume with --lr-decay-iters {before} to keep "
+                  "the schedule of the run so far", file=sys.stderr)
         trained_on = ckpt.manifest.get("data", {}).get("tokens_sha256")  # absent in older checkpoints
         if trained_on not in (None, data.tokens_sha256()):
             raise MathlensError(f"cannot resume {run_dir}: the corpus {config.data.corpus!r} is not the text this run "
