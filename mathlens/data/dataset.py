@@ -17,6 +17,7 @@ corpus' SHA-256 and the tokenizer's fingerprint, written atomically, and reopene
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -162,16 +163,15 @@ class TokenDataset:
                 y[-1, : block_size - n_new] = IGNORE_INDEX
             yield _to_device(x, y, device)
 
+    @functools.cached_property
     def tokens_sha256(self) -> str:
         """sha256 of the token ids (as little-endian int64): what a resumed run must train on again."""
-        if getattr(self, "_sha256", None) is None:
-            self._sha256 = hashlib.sha256(np.ascontiguousarray(self.tokens, dtype="<i8").tobytes()).hexdigest()
-        return self._sha256
+        return hashlib.sha256(np.ascontiguousarray(self.tokens, dtype="<i8").tobytes()).hexdigest()
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "tokens_sha256": self.tokens_sha256(),
+            "tokens_sha256": self.tokens_sha256,
             "n_tokens": len(self.tokens),
             "n_train": self.n_train,
             "n_val": len(self.tokens) - self.n_train,

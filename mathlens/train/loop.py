@@ -20,7 +20,6 @@ model), so ``best_val_loss`` is always exact.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -47,7 +46,7 @@ from mathlens.train.checkpoint import (
 from mathlens.train.config import TrainConfig
 from mathlens.train.evaluate import evaluate
 from mathlens.train.optim import lr_at, make_optimizer
-from mathlens.train.rundir import METRICS, MetricsLog, Progress, RunLock
+from mathlens.train.rundir import METRICS, MetricsLog, Progress, RunLock, read_metrics
 from mathlens.train.setup import TOKENIZER_DIR, autocast_for, prepare_data, resolve_device, setup_distributed
 
 Callback = Callable[[int, nn.Module, dict], "dict | None"]
@@ -104,15 +103,17 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bo
     if resume and not (run_dir / CKPT_DIR / "index.json").exists():
         raise MathlensError(f"nothing to resume in {run_dir} (no checkpoint there)")
     created = not run_dir.exists()
+    lock = RunLock(run_dir) if dinfo.is_main else None
     try:
-        tok, data = prepare_data(config, run_dir if resume else None)
-        mcfg = config.model_config(tok.vocab_size)
-        dtype, autocast = autocast_for(r.dtype, device, r.attention)
-        lock = RunLock(run_dir) if dinfo.is_main else None
+        if lock:
+            lock.acquire()
         try:
-            if lock:
-                lock.acquire()
-            return _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+            ckpt = load_checkpoint(run_dir / CKPT_DIR, "latest") if resume else None  # opened and verified once
+            fingerprint = ckpt.manifest.get("tokenizer", {}).get("fingerprint") if ckpt else None
+            tok, data = prepare_data(config, run_dir if resume else None, tokenizer_fingerprint=fingerprint)
+            mcfg = config.model_config(tok.vocab_size)
+            dtype, autocast = autocast_for(r.dtype, device, r.attention)
+            return _train(config, callbacks, ckpt, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
         finally:
             if lock:
                 lock.release()
@@ -131,12 +132,13 @@ def _trained_steps(run_dir: Path) -> int:
     with contextlib.suppress(MathlensError, OSError, IndexError, ValueError, AttributeError):
         steps.append(int(read_index(run_dir / CKPT_DIR)["latest"].split("-")[1].split(".")[0]))
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        lines = (run_dir / METRICS).read_text(encoding="utf-8").splitlines()
-        steps += [int(json.loads(line).get("step", 0)) for line in lines if line.strip()]
+        steps += [int(rec.get("step", 0)) for rec in read_metrics(run_dir)]
     return max(steps)
 
 
-def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast):
+def _train(config, callbacks, ckpt, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast):
+    """The run itself; ``ckpt``: the latest checkpoint to resume from (None: a new run)."""
+    resume = ckpt is not None
     r, d, o = config.run, config.data, config.optim
     torch.manual_seed(r.seed)
     model = GPT(mcfg).to(device)
@@ -146,16 +148,15 @@ def _train(config, callbacks, resume, quiet, run_dir, device, dinfo, tok, data, 
                       "time_to_best": 0.0, "loss_sum": 0.0, "loss_count": 0, "last_val_loss": math.nan}
     metrics = MetricsLog(run_dir / METRICS)
     if resume:
-        ckpt = load_checkpoint(run_dir / CKPT_DIR, "latest")
-        _check_resumable(config, ckpt.manifest.get("config", {}), run_dir)
         saved = ckpt.manifest.get("config", {})
+        _check_resumable(config, saved, run_dir)
         before = saved.get("optim", {}).get("lr_decay_iters") or saved.get("run", {}).get("max_iters")
         if before not in (None, config.lr_decay_iters) and not quiet and dinfo.is_main:
             print(f"note: the learning-rate decay now ends at step {config.lr_decay_iters}, not {before} "
                   f"(optim.lr_decay_iters follows run.max_iters); resume with --lr-decay-iters {before} to keep "
                   "the schedule of the run so far", file=sys.stderr)
         trained_on = ckpt.manifest.get("data", {}).get("tokens_sha256")  # absent in older checkpoints
-        if trained_on not in (None, data.tokens_sha256()):
+        if trained_on not in (None, data.tokens_sha256):
             raise MathlensError(f"cannot resume {run_dir}: the corpus {config.data.corpus!r} is not the text this run "
                                 "was trained on (its tokens' sha256 differs)")
         ckpt.load_model(model)

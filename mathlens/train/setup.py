@@ -20,21 +20,19 @@ from mathlens.train.config import ATTENTION_BACKENDS, TrainConfig
 TOKENIZER_DIR = "tokenizer"
 
 
-def prepare_data(config: TrainConfig, run_dir: str | os.PathLike | None = None):
-    """``(tokenizer, TokenDataset)``: the tokenizer saved in ``run_dir`` (resume; it must be there and match the
-    latest checkpoint's fingerprint), else one trained on the corpus. Both splits must hold at least one context (``block_size + 1`` tokens)."""
+def prepare_data(config: TrainConfig, run_dir: str | os.PathLike | None = None,
+                 tokenizer_fingerprint: str | None = None):
+    """``(tokenizer, TokenDataset)``: the tokenizer saved in ``run_dir`` (resume; it must be there and match
+    ``tokenizer_fingerprint``, the checkpoint's, when given), else one trained on the corpus. Both splits must hold
+    at least one context (``block_size + 1`` tokens)."""
     d = config.data
     corpus = load_corpus(d.corpus)
     if run_dir is not None:  # resume: the tokenizer the checkpoint was trained with, and no other
-        from mathlens.train.checkpoint import load_checkpoint
-        from mathlens.train.loop import CKPT_DIR
-
         saved = Path(run_dir) / TOKENIZER_DIR
         if not saved.is_dir():
             raise MathlensError(f"cannot resume {run_dir}: its {TOKENIZER_DIR}/ folder is missing")
         tok = load_tokenizer(saved)
-        want = load_checkpoint(Path(run_dir) / CKPT_DIR).manifest.get("tokenizer", {}).get("fingerprint")
-        if want not in (None, tok.fingerprint()):
+        if tokenizer_fingerprint not in (None, tok.fingerprint()):
             raise MathlensError(f"tokenizer in {run_dir} does not match the checkpoint's (fingerprint differs)")
     else:
         tok = train_tokenizer(d.tokenizer, corpus.text, d.vocab_size)
