@@ -62,6 +62,26 @@ def staged_dir(path: str | os.PathLike):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def read_json(path: str | os.PathLike, what: str = ""):
+    """The JSON value in ``path``; :class:`MathlensError` naming it (after ``what``, e.g. "config file ") when it is
+    a folder, unreadable, not UTF-8 or not JSON."""
+    from mathlens.errors import MathlensError
+
+    path = Path(path)
+    if path.is_dir():
+        raise MathlensError(f"{what}{path} is a directory, not a JSON file")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise MathlensError(f"{what}{path} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise MathlensError(f"{what}{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise MathlensError(f"{what}{path} is not valid JSON: nested too deeply") from None
+    except OSError as e:
+        raise MathlensError(f"cannot read {what}{path}: {e.strerror or e}") from None
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

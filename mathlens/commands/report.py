@@ -18,8 +18,6 @@ def run(args) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
-        raise MathlensError(f"run directory not found: {run_dir}")
-    if not run_dir.is_dir():
-        raise MathlensError(f"run directory {run_dir} is not a directory")
+        raise MathlensError(f"run directory not found: {run_dir}")  # the rest is checked by write_report
     print(f"report: {write_report(run_dir)}")
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mathlens.commands import seed
 from mathlens.errors import MathlensError
+from mathlens.io import read_json
 
 #: recipe used when neither --preset nor --config is given (and --resume finds no saved config)
 DEFAULT_PRESET = "nanogpt-char-cpu"
@@ -78,12 +78,9 @@ def _read_config(path) -> dict:
 
     path = Path(path)
     if path.suffix == ".json":
-        if not path.is_file():
+        if not path.exists():
             raise MathlensError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise MathlensError(f"config file {path} is not valid JSON: {e}") from None
+        data = read_json(path, "config file ")
         if not isinstance(data, dict):
             raise MathlensError(f"config file {path} must hold an object of settings, got {type(data).__name__}")
         return data

@@ -11,7 +11,6 @@ Layout of ``runs/validate-<time>/``::
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 import traceback
@@ -24,7 +23,7 @@ from mathlens.errors import MathlensError
 from mathlens.experiments.context import Context
 from mathlens.experiments.registry import all_experiments
 from mathlens.experiments.suites import get_suite
-from mathlens.io import check_output_dir, write_json
+from mathlens.io import check_output_dir, read_json, write_json
 
 
 def environment() -> dict:
@@ -157,23 +156,6 @@ def check_layout(run_dir: Path, dirs=(), files=()) -> None:
     for name in files:
         if (run_dir / name).is_dir():
             raise MathlensError(f"{run_dir / name} is a directory, not a file")
-
-
-def read_json(path: Path):
-    """The JSON value in ``path``; :class:`MathlensError` naming it when it is unreadable, not UTF-8 or not JSON."""
-    if path.is_dir():
-        raise MathlensError(f"{path} is a directory, not a JSON file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-        return json.loads(text)
-    except UnicodeDecodeError as e:
-        raise MathlensError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise MathlensError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise MathlensError(f"{path} is not valid JSON: nested too deeply") from None
-    except OSError as e:
-        raise MathlensError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def read_meta(run_dir: Path) -> dict:
