@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 from mathlens.errors import MathlensError
 
+#: the largest seed: seeds go to torch, NumPy and Python's random alike; NumPy's legacy generators take 0 … 2**32 − 1
+MAX_SEED = 2**32 - 1
+
 T = TypeVar("T")
 
 

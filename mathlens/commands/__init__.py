@@ -2,8 +2,7 @@
 
 import argparse
 
-#: seeds go to torch, NumPy and Python's random alike: NumPy's legacy generators take 0 … 2**32 − 1
-MAX_SEED = 2**32 - 1
+from mathlens.config import MAX_SEED
 
 
 def seed(text: str) -> int:

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mathlens.config import from_dict
+from mathlens.config import MAX_SEED, from_dict
 from mathlens.errors import MathlensError
 from mathlens.models.gpt import GPTConfig
 
@@ -134,8 +134,8 @@ class RunConfig:
         dev = self.device.split(":")[0]
         if dev not in ("auto", "cpu", "cuda", "mps"):
             raise _bad("run.device", self.device, "auto, cpu, cuda, cuda:N, mps")
-        if not 0 <= self.seed <= 2**32 - 1:
-            raise _bad("run.seed", self.seed, "0 … 2**32 − 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise _bad("run.seed", self.seed, f"0 … {MAX_SEED}")
         if not self.out_dir:
             raise _bad("run.out_dir", self.out_dir, "a folder path")
 
