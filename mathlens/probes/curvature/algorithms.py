@@ -107,9 +107,19 @@ def _tridiag_eig(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, n
                                          np.array(betas[: len(alphas) - 1], dtype=np.float64))
 
 
+#: how wanted an eigenvalue is under each ``which`` (larger: more wanted)
+_WANTED = {"LA": lambda x: x, "SA": lambda x: -x, "LM": np.abs}
+
+
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    key = {"LA": -theta, "SA": theta, "LM": -np.abs(theta)}[which]
-    return np.argsort(key, kind="stable")[:k]
+    return np.argsort(-_WANTED[which](theta), kind="stable")[:k]
+
+
+def _orthogonalize(x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its projection on the orthonormal rows of ``Q``: classical Gram–Schmidt applied twice."""
+    for _ in range(2):
+        x = x - Q.T @ (Q @ x)
+    return x
 
 
 def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed: int = 0,
@@ -142,7 +152,7 @@ def lanczos(op, k: int = 1, max_iter: int | None = None, tol: float = 1e-6, seed
         raise MathlensError("the Lanczos start vector v0 is zero")
     theta, vecs, res, history, converged, count = _lanczos_run(op, v, k, m_max, tol, which, seed)
     if check_multiplicity and converged and k >= 2 and k < n:
-        key = {"LA": lambda x: x, "SA": lambda x: -x, "LM": abs}[which]
+        key = _WANTED[which]
         for r in range(1, k + 1):  # at most k − 1 copies can be missing; the last round confirms none is
             defl = _Deflated(op, vecs)
             start = defl.project(_randn(op, seed + 7919 * r))
@@ -168,9 +178,7 @@ class _Deflated:
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(2):
-            x = x - self.Q.T @ (self.Q @ x)
-        return x
+        return _orthogonalize(x, self.Q)
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.op.matvec(self.project(x)))
@@ -193,8 +201,7 @@ def _lanczos_run(op, v: torch.Tensor, k: int, m_max: int, tol: float, which: str
         w = op.matvec(v)
         alpha = float(w @ v)
         w = w - alpha * v - (beta * V[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # full re-orthogonalisation against every previous Lanczos vector
-            w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+        w = _orthogonalize(w, V[: j + 1])  # full re-orthogonalisation against every previous Lanczos vector
         beta = float(w.norm())
         alphas.append(alpha)
         theta, S = _tridiag_eig(alphas, betas + [beta])
@@ -215,8 +222,7 @@ def _lanczos_run(op, v: torch.Tensor, k: int, m_max: int, tol: float, which: str
         if breakdown:  # restart orthogonally to the invariant subspace found
             restarts += 1
             w = torch.randn(n, generator=_generator(seed + 104729 * restarts), dtype=torch.float64).to(op.device, op.dtype)
-            for _ in range(2):
-                w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+            w = _orthogonalize(w, V[: j + 1])
             v = w / w.norm()
         else:
             v = w / beta
@@ -348,8 +354,7 @@ def _slq_probe(op, v: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
         w = op.matvec(v)
         alpha = float(w @ v)
         w = w - alpha * v - (beta * V[j - 1] if j > 0 else 0.0)
-        for _ in range(2):
-            w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+        w = _orthogonalize(w, V[: j + 1])
         beta = float(w.norm())
         alphas.append(alpha)
         betas.append(beta)
