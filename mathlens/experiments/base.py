@@ -42,21 +42,18 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _needs_two(ci: CI, verdict: str) -> str:
-    """One value has no interval (``t_ci`` returns the point): never a decisive verdict from a single seed."""
-    return verdict if ci.n >= 2 else INCONCLUSIVE
+def _classify(ci: CI, supported: bool, contradicted: bool) -> str:
+    """The verdict of a rule's two conditions on ``ci``; one value has no interval (``t_ci`` returns the point), so
+    a single seed is never decisive."""
+    if ci.n < 2:
+        return INCONCLUSIVE
+    return SUPPORTED if supported else CONTRADICTED if contradicted else INCONCLUSIVE
 
 
 def verdict_below(values, threshold: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies below ``threshold``."""
     ci = t_ci(values)
-    if ci.high < threshold:
-        v = SUPPORTED
-    elif ci.low > threshold:
-        v = CONTRADICTED
-    else:
-        v = INCONCLUSIVE
-    v = _needs_two(ci, v)
+    v = _classify(ci, ci.high < threshold, ci.low > threshold)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies below {_fmt(threshold)}; "
             f"contradicted if it lies above; inconclusive otherwise")
     return ci, v, rule
@@ -65,13 +62,7 @@ def verdict_below(values, threshold: float, what: str = "statistic") -> tuple[CI
 def verdict_above(values, threshold: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies above ``threshold``."""
     ci = t_ci(values)
-    if ci.low > threshold:
-        v = SUPPORTED
-    elif ci.high < threshold:
-        v = CONTRADICTED
-    else:
-        v = INCONCLUSIVE
-    v = _needs_two(ci, v)
+    v = _classify(ci, ci.low > threshold, ci.high < threshold)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies above {_fmt(threshold)}; "
             f"contradicted if it lies below; inconclusive otherwise")
     return ci, v, rule
@@ -80,13 +71,7 @@ def verdict_above(values, threshold: float, what: str = "statistic") -> tuple[CI
 def verdict_within(values, low: float, high: float, what: str = "statistic") -> tuple[CI, str, str]:
     """Prediction: the mean of ``values`` lies in [low, high] (e.g. a convergence order 1 ± 0.15)."""
     ci = t_ci(values)
-    if low <= ci.low and ci.high <= high:
-        v = SUPPORTED
-    elif ci.high < low or ci.low > high:
-        v = CONTRADICTED
-    else:
-        v = INCONCLUSIVE
-    v = _needs_two(ci, v)
+    v = _classify(ci, low <= ci.low and ci.high <= high, ci.high < low or ci.low > high)
     rule = (f"supported if the 95% CI of the mean {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] lies inside "
             f"[{_fmt(low)}, {_fmt(high)}]; contradicted if disjoint from it; inconclusive otherwise")
     return ci, v, rule
@@ -105,13 +90,7 @@ def verdict_difference(treatment, control, direction: str = ">", what: str = "tr
         raise MathlensError(f"direction must be '>' or '<', got {direction!r}")
     ci = paired_t_ci(treatment, control) if paired else welch_ci(treatment, control)
     sign = 1 if direction == ">" else -1
-    if ci.excludes(0.0) and sign * ci.estimate > 0:
-        v = SUPPORTED
-    elif ci.excludes(0.0):
-        v = CONTRADICTED
-    else:
-        v = INCONCLUSIVE
-    v = _needs_two(ci, v)
+    v = _classify(ci, ci.excludes(0.0) and sign * ci.estimate > 0, ci.excludes(0.0))
     rule = (f"supported if the 95% CI of {what} [{_fmt(ci.low)}, {_fmt(ci.high)}] excludes 0 with sign {direction} 0; "
             f"contradicted if it excludes 0 with the other sign; inconclusive if it contains 0")
     return ci, v, rule
