@@ -61,7 +61,8 @@ class LatentGeometry(Experiment):
                   "(difference of the changes, trained − random, < 0).")
     method = ("Per seed: trained GPT and 4 random initialisations of the same architecture on the same 64 validation "
               "sequences (the random baseline is the mean of their curvature changes: one random draw's own spread, "
-              "about ±0.002 rad, is as large as the effect); residual states after each step; TwoNN ID per layer of the token states, one per distinct (token, position) pair (at random "
+              "about ±0.002 rad, is as large as the effect); residual states after each step; TwoNN ID per layer of "
+              "the token states, one per distinct (token, position) pair (at random "
               "initialisation the states of one token at one position barely depend on the context, so repeats form "
               "tight clusters whose spread TwoNN reads instead: ID < 1 after the embedding); curvature "
               "c_t = angle(x_{t+1} − x_{t}, x_{t+2} − x_{t+1}). "
@@ -79,6 +80,7 @@ class LatentGeometry(Experiment):
             x, _ = ctx.batch("val", 30_000 + seed, batch_size=64)
             # the baseline is the expected random model: its change averaged over RANDOM_TWINS initialisations
             twins = [ctx.random_gpt(seed + 500 + 1000 * j) for j in range(self.RANDOM_TWINS)]
+            keep = _distinct_token_positions(x)
             for group, models in (("trained", [ctx.trained_gpt(seed)[0]]), ("random init", twins)):
                 changes = []
                 for j, model in enumerate(models):
@@ -87,7 +89,6 @@ class LatentGeometry(Experiment):
                     changes.append(float(c[-1] - c[1]))
                     if seed == ctx.seeds[0] and j == 0:
                         curv[group] = [float(v) for v in c]
-                        keep = _distinct_token_positions(x)
                         ids[group] = [IntrinsicDimension("twonn").fit(u.reshape(-1, u.shape[-1])[keep.to(u.device)]
                                                                       .double()).dimension_ for u in states]
                 change[group].append(sum(changes) / len(changes))

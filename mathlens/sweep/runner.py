@@ -204,15 +204,6 @@ def sweep_dir_of(spec: SweepSpec, out: str | None = None) -> Path:
     return (Path(out or spec.out) / spec.name).resolve()
 
 
-def make_sweep_dir(sweep_dir: Path, where: str) -> None:
-    check_output_dir(sweep_dir, where)
-    try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MathlensError(f"{where}: cannot create the sweep directory {sweep_dir} "
-                            f"({e.strerror or type(e).__name__})") from None
-
-
 def check_corpora(spec: SweepSpec, points: list[Point]) -> None:
     """Load each distinct ``data.corpus`` of ``points`` (those still to run) once (the base config's, unless the
     grid varies it), so a missing path, unknown name, empty or binary file is one MathlensError before anything
@@ -259,7 +250,7 @@ def run_sweep(spec: SweepSpec, *, parallel: int | None = None, out: str | None =
             session = ray_session(ray_address)
     check_corpora(spec, pending)
     with session:  # connected (a bad `auto`, a port that is no Ray) before the sweep directory is made
-        make_sweep_dir(sweep_dir, where)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # check_output_dir above found it can be made
         with RunLock(sweep_dir):
             write_json(sweep_dir / SWEEP_FILE, {"name": spec.name, "spec": spec.to_dict(),
                                                 "base_config": spec.base_config(),
