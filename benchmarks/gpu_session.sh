@@ -102,7 +102,7 @@ probes)
         --out "$OUT/capture_cost_gpt2_cuda.json" 2>&1 | tee -a "$OUT/probes.log"
     ;;
 curvature)
-    $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --repeats 5 --skip-curve 2>&1 | tee "$OUT/curvature.log"
+    $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --tf32 --repeats 5 --skip-curve 2>&1 | tee "$OUT/curvature.log"
     $PY benchmarks/top_eigenvalue.py --device cuda --shape gpu-preset --train-steps 300 --seeds 3 --power-tol 1e-12 \
         --corpus "$CORPUS" 2>&1 | tee -a "$OUT/curvature.log"
     keep benchmarks/out/hvp_cost*cuda*.json benchmarks/out/top_eigenvalue_gpu-preset_cuda*.json

@@ -101,19 +101,34 @@ def sync(device):
 
 
 def time_all(device: str, repeats: int, shape: str) -> dict:
+    """Median seconds per workload. The ``*_reused`` workloads keep a first-order graph between products, so each
+    is timed in its own alternation with ``grad_fused`` and freed before the next: at most one kept graph is alive
+    (two of them beside the math-attention transients do not fit in 80 GB at the gpt2 shape)."""
+    import gc
+
     model, loss_fn, batches = build(device, shape=shape)
-    fns = {n: make_workload(n, model, loss_fn, batches) for n in WORKLOADS}
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {n: [] for n in WORKLOADS}
-    for _ in range(repeats):
-        for n, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
+    kept = [n for n in WORKLOADS if n.endswith("_reused")]
+    groups = [[n for n in WORKLOADS if n not in kept]] + [["grad_fused", n] for n in kept]
+    medians: dict[str, float] = {}
+    for group in groups:
+        fns = {n: make_workload(n, model, loss_fn, batches) for n in group}
+        for fn in fns.values():  # warm-up
             fn()
-            sync(device)
-            times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+        times = {n: [] for n in group}
+        for _ in range(repeats):
+            for n, fn in fns.items():
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[n].append(time.perf_counter() - t0)
+        for n, t in times.items():
+            medians.setdefault(n, statistics.median(t))  # grad_fused: its median in the first group
+        del fns
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return {n: medians[n] for n in WORKLOADS}
 
 
 def memory_child(name: str, device: str, shape: str) -> None:
@@ -158,7 +173,8 @@ def memory_all(device: str, shape: str) -> dict:
     out = {}
     for name in WORKLOADS:
         r = subprocess.run([sys.executable, __file__, "--child", name, "--device", device, "--shape", shape,
-                            "--threads", str(torch.get_num_threads())], env=env,
+                            "--threads", str(torch.get_num_threads()),
+                            *(["--tf32"] if torch.backends.cuda.matmul.allow_tf32 else [])], env=env,
                            capture_output=True, text=True)
         out[name] = json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"] if r.returncode == 0 else None
     return out
@@ -186,6 +202,7 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls and convolutions (BENCHMARKS.md's setting)")
     ap.add_argument("--skip-curve", action="store_true", help="skip the finite-difference error curve")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset (grad_fused is always run)")
     ap.add_argument("--memory-only", action="store_true",
@@ -195,6 +212,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     WORKLOADS[:] = ["grad_fused"] + [w for w in args.workloads.split(",") if w in WORKLOADS and w != "grad_fused"]
     if args.child:
         memory_child(args.child, args.device, args.shape)
@@ -212,6 +230,7 @@ def main() -> int:
     rows = {n: {"time_s": times[n], "time_ratio": times[n] / ref_t, "peak_bytes": mem[n],
                 "memory_ratio": (mem[n] / ref_m) if (mem[n] and ref_m) else None} for n in WORKLOADS}
     result = {"device": args.device, "shape": args.shape, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "tf32": args.tf32,
               "repeats": args.repeats, "workloads": rows, "double_backward_fused": fused_fail or "ran",
               "fd_relative_error": curve}
     print(f"{'workload':28s} {'time':>9s} {'×grad':>6s} {'peak MiB':>9s} {'×grad':>6s}")
