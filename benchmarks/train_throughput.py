@@ -64,7 +64,8 @@ def make_step(kind, s, device, dtype, compile_, attention="auto"):
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def step():
-        x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g).to(device)
+        x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
+        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x  # as the loop's batches
         with amp():
             loss = loss_fn(fwd, x)
         loss.backward()
