@@ -33,7 +33,11 @@ def load_model(spec: str, device: str = "cpu"):
     path = Path(spec)
     if not path.exists():
         raise MathlensError(f"model not found: {spec} (a run directory, a Hugging Face model folder, or 'smollm2')")
-    is_run = (path / "metrics.jsonl").exists() or (path / "checkpoints").exists() or (path / "tokenizer").is_dir()
+    from mathlens.train.checkpoint import CKPT_DIR
+    from mathlens.train.rundir import METRICS
+    from mathlens.train.setup import TOKENIZER_DIR
+
+    is_run = (path / METRICS).exists() or (path / CKPT_DIR).exists() or (path / TOKENIZER_DIR).is_dir()
     if (path / "config.json").is_file() and not is_run:  # a run of `mathlens train` without checkpoints is no HF folder
         from mathlens.pretrained import load_local
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mathlens.errors import MathlensError
+from mathlens.train.checkpoint import CKPT_DIR
 
 SWEEP_FILE, RESULTS_JSONL, RESULTS_JSON, POINT_FILE = "sweep.json", "results.jsonl", "results.json", "point.json"
 COLUMNS = ("N", "N_total", "D", "T", "C", "loss", "best_val_loss", "init_val_loss", "train_loss", "steps",
@@ -63,7 +64,7 @@ def finished_result(run_dir: Path, max_iters: int) -> dict[str, Any] | None:
 
 
 def _model_config(run_dir: Path) -> dict[str, Any] | None:
-    ckpts = run_dir / "checkpoints"
+    ckpts = run_dir / CKPT_DIR
     index = _read_json(ckpts / "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("latest"), str):
         return None

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mathlens.errors import MathlensError
+    from mathlens.train.checkpoint import CKPT_DIR
     from mathlens.train.config import TrainConfig
     from mathlens.train.loop import train
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         point = json.loads(Path(args.point).read_text(encoding="utf-8"))
         config = TrainConfig.from_dict(point["config"], where=f"point {point['id']}")
-        resume = (Path(config.run.out_dir) / "checkpoints" / "index.json").exists()
+        resume = (Path(config.run.out_dir) / CKPT_DIR / "index.json").exists()
         print(f"point {point['id']}: {'resuming' if resume else 'starting'} (pid {os.getpid()}, "
               f"{torch.get_num_threads()} threads)", file=sys.stderr, flush=True)
         result = train(config, resume=resume, quiet=True)

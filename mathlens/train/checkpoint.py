@@ -34,6 +34,7 @@ from mathlens.errors import MathlensError
 from mathlens.io import write_json
 
 FORMAT = "mathlens-checkpoint"
+CKPT_DIR = "checkpoints"  # a run directory's checkpoint folder
 VERSION = 1
 MODEL_FILE, TRAINER_FILE, MANIFEST = "model.safetensors", "trainer.safetensors", "manifest.json"
 

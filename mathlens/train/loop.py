@@ -35,6 +35,7 @@ from mathlens.errors import MathlensError
 from mathlens.io import check_output_dir, write_json
 from mathlens.models.gpt import GPT
 from mathlens.train.checkpoint import (
+    CKPT_DIR,
     load_checkpoint,
     optimizer_from_tensors,
     rank_rng_tensors,
@@ -50,7 +51,7 @@ from mathlens.train.rundir import METRICS, MetricsLog, Progress, RunLock, read_m
 from mathlens.train.setup import TOKENIZER_DIR, autocast_for, prepare_data, resolve_device, setup_distributed
 
 Callback = Callable[[int, nn.Module, dict], "dict | None"]
-CONFIG_FILE, RESULT_FILE, CKPT_DIR = "config.json", "result.json", "checkpoints"
+CONFIG_FILE, RESULT_FILE = "config.json", "result.json"
 #: config fields a resumed run must share with its checkpoint (the others may change, e.g. max_iters)
 _RESUME_KEYS = {"model": None, "data": None, "optim": None, "run": ("seed",)}
 

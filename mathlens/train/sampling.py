@@ -11,9 +11,7 @@ from mathlens.data.tokenizers import load_tokenizer
 from mathlens.errors import MathlensError
 from mathlens.models.gpt import GPT, GPTConfig
 from mathlens.models.sampling import check_sampling
-from mathlens.train.checkpoint import load_checkpoint
-
-CKPT_DIR = "checkpoints"
+from mathlens.train.checkpoint import CKPT_DIR, load_checkpoint
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
