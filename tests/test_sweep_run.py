@@ -131,7 +131,9 @@ def test_rerun_skips_finished_points_and_reruns_only_the_removed_one(swept):
 
 
 def test_a_killed_sweep_resumes_from_checkpoints_and_completes(tmp_path):
-    path = write_sweep(tmp_path, '"run.seed" = [0, 1]', max_iters=60, eval_interval=10, name="k", parallel=1)
+    # 600 steps: enough runway that the point cannot finish between its first checkpoint and the kill, even when
+    # this process is starved of CPU for a second (60 steps took < 0.5 s and made the test flaky under load)
+    path = write_sweep(tmp_path, '"run.seed" = [0, 1]', max_iters=600, eval_interval=100, name="k", parallel=1)
     sweep_dir = tmp_path / "out" / "k"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "mathlens.cli", "sweep", str(path), "--quiet"], env=env,
@@ -156,7 +158,7 @@ def test_a_killed_sweep_resumes_from_checkpoints_and_completes(tmp_path):
     assert all(len(sessions(sweep_dir / r["id"])) == 1 for r in results.records[1:])
     metrics = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in metrics if m["kind"] == "eval"]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # resumed log: no step twice, reaches the end
+    assert steps == sorted(set(steps)) and steps[-1] == 600  # resumed log: no step twice, reaches the end
 
 
 def _alive(pid: int) -> bool:
