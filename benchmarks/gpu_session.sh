@@ -12,7 +12,7 @@
 #
 # Stages (minutes are estimates, not measurements):
 #   env         (≈ 1)  nvidia-smi, torch / transformers versions, a 2-layer GPT step on CUDA
-#   throughput [auto|cudnn]  (≈ 4 each)  train_throughput --shape gpt2, bf16, compile, with PyTorch's SDPA choice
+#   throughput [auto|cudnn]  (≈ 5 each)  train_throughput --shape gpt2, bf16, compile, with PyTorch's SDPA choice
 #                      or cuDNN attention first: mathlens vs Hugging Face GPT-2 (#3); run both
 #                      (`bash benchmarks/gpu_session.sh throughput cudnn`)
 #   recipe      (≈ 8)  nanoGPT's GPU recipe side by side: nanoGPT train.py, then mathlens --preset nanogpt-char-gpu,
@@ -85,8 +85,9 @@ EOF
     ;;
 throughput)
     attn=${2:-auto}
+    NANO=$([ -f .gpu/nanogpt/model.py ] && echo .gpu/nanogpt || true)  # nanoGPT's model.py side by side (no biases)
     $PY benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile --repeats 5 \
-        --attention "$attn" 2>&1 | tee "$OUT/throughput-$attn.log"
+        --attention "$attn" ${NANO:+--nanogpt "$NANO"} 2>&1 | tee "$OUT/throughput-$attn.log"
     keep benchmarks/out/train_throughput_gpt2_cuda*.json
     ;;
 recipe)

@@ -11,7 +11,11 @@ its data sampling from the memory-mapped tokens, schedule, clipping and logging;
 figure for the second ``--steps`` steps of a ``2 × --steps`` run (the first are the warm-up), one run per repeat.
 
     python benchmarks/train_throughput.py --loop                             # CPU, fp32, eager
-    python benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile
+    python benchmarks/train_throughput.py --shape gpt2 --device cuda --dtype bfloat16 --compile [--nanogpt NANOGPT_DIR]
+
+``--nanogpt DIR`` adds nanoGPT's own ``model.py`` and mathlens' model of the same architecture (no biases, exact
+GELU): the configuration of BENCHMARKS.md's nanoGPT figures (446K tokens/s on an H100 at the gpt2 shape), timed
+side by side with the rest. The GPT-2 architecture above has biases, so its figure is not comparable with those.
 """
 
 from __future__ import annotations
@@ -41,13 +45,25 @@ SHAPES = {
 }
 
 
-def build(kind: str, s: dict, device):
-    """GPT-2 architecture either way: learned positions, pre-LayerNorm, GELU (tanh), biases, tied embeddings."""
+def build(kind: str, s: dict, device, nanogpt: Path | None = None):
+    """``mathlens`` and ``hf``: the GPT-2 architecture (learned positions, pre-LayerNorm, GELU (tanh), biases, tied
+    embeddings). ``nanogpt`` and ``mathlens-nobias``: nanoGPT's ``model.py`` from the checkout ``nanogpt`` and the
+    same model in mathlens, both as BENCHMARKS.md measured nanoGPT (no biases, exact GELU)."""
     torch.manual_seed(0)
-    if kind == "mathlens":
+    if kind.startswith("mathlens"):
+        bias = kind == "mathlens"
         cfg = GPTConfig(vocab_size=s["vocab_size"], block_size=s["block_size"], n_layer=s["n_layer"],
-                        n_head=s["n_head"], n_embd=s["n_embd"], activation="gelu_tanh", bias=True, dropout=0.0)
+                        n_head=s["n_head"], n_embd=s["n_embd"], activation="gelu_tanh" if bias else "gelu", bias=bias,
+                        dropout=0.0)
         return GPT(cfg).to(device), lambda m, x: m(x, x)[1]
+    if kind == "nanogpt":
+        sys.path.insert(0, str(nanogpt))
+        from model import GPT as NanoGPT  # nanoGPT's model.py
+        from model import GPTConfig as NanoConfig
+
+        cfg = NanoConfig(block_size=s["block_size"], vocab_size=s["vocab_size"], n_layer=s["n_layer"],
+                         n_head=s["n_head"], n_embd=s["n_embd"], dropout=0.0, bias=False)
+        return NanoGPT(cfg).to(device), lambda m, x: m(x, x)[1]
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=s["vocab_size"], n_positions=s["block_size"], n_embd=s["n_embd"], n_layer=s["n_layer"],
@@ -56,8 +72,8 @@ def build(kind: str, s: dict, device):
     return GPT2LMHeadModel(cfg).to(device), lambda m, x: m(input_ids=x, labels=x).loss
 
 
-def make_step(kind, s, device, dtype, compile_, attention="auto"):
-    model, loss_fn = build(kind, s, device)
+def make_step(kind, s, device, dtype, compile_, attention="auto", nanogpt=None):
+    model, loss_fn = build(kind, s, device, nanogpt)
     opt = make_optimizer(model, OptimConfig(lr=1e-4), device.type)
     fwd = torch.compile(model) if compile_ else model
     _, amp = autocast_for(dtype, device, attention)  # the train loop's own autocast and SDPA-backend context
@@ -125,11 +141,17 @@ def main() -> None:
                     help="SDPA backend tried first for both models (run.attention; not applied to --loop)")
     ap.add_argument("--loop", action="store_true", help="also time mathlens.train.train's own loop (cpu shape)")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
+    ap.add_argument("--nanogpt", type=Path, default=None,
+                    help="a nanoGPT checkout: also time its model.py and mathlens' model of the same architecture "
+                         "(no biases, exact GELU), BENCHMARKS.md's nanoGPT configuration")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, s = torch.device(args.device), SHAPES[args.shape]
-    steps = {k: make_step(k, s, device, args.dtype, args.compile, args.attention) for k in ("mathlens", "hf")}
+    if args.nanogpt and not (args.nanogpt / "model.py").is_file():
+        raise SystemExit(f"--nanogpt {args.nanogpt}: no model.py there")
+    kinds = ("mathlens", "hf") + (("mathlens-nobias", "nanogpt") if args.nanogpt else ())
+    steps = {k: make_step(k, s, device, args.dtype, args.compile, args.attention, args.nanogpt) for k in kinds}
     for step, _ in steps.values():
         timed(step, args.warmup, device)
     times = {k: [] for k in steps}
@@ -157,6 +179,8 @@ def main() -> None:
               "ratio_mathlens_over_hf": tps["mathlens"] / tps["hf"]}
     if loop:
         report["ratio_loop_over_hf"] = tps["mathlens-loop"] / tps["hf"]
+    if args.nanogpt:
+        report["ratio_mathlens_nobias_over_nanogpt"] = tps["mathlens-nobias"] / tps["nanogpt"]
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
     tag = "" if args.attention == "auto" else f"_{args.attention}"
@@ -164,6 +188,9 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(f"mathlens {tps['mathlens']:,.0f} tok/s, HF GPT2LMHeadModel {tps['hf']:,.0f} tok/s, "
           f"ratio {report['ratio_mathlens_over_hf']:.2f}")
+    if args.nanogpt:
+        print(f"no biases: mathlens {tps['mathlens-nobias']:,.0f} tok/s, nanoGPT model.py {tps['nanogpt']:,.0f} tok/s, "
+              f"ratio {report['ratio_mathlens_nobias_over_nanogpt']:.2f}")
     if loop:
         print(f"mathlens train() loop {tps['mathlens-loop']:,.0f} tok/s, ratio to HF {report['ratio_loop_over_hf']:.2f}")
 
