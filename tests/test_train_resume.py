@@ -96,7 +96,7 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
            json.dumps(two)]  # torchrun: RANK / WORLD_SIZE in the environment, gloo on CPU
     env = {**_env(tmp_path), "MATHLENS_TEST_RNG_DIR": str(tmp_path)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n…\n" + proc.stderr[-1500:]  # a rank's own error comes first
     # the ranks' torch streams differ (dropout masks must, as between the rows of a one-process batch)
     assert not torch.equal(torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt"))
     a, b = _curve(ref.run_dir), _curve(tmp_path / "two")

@@ -114,7 +114,9 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bo
             tok, data = prepare_data(config, run_dir if resume else None, tokenizer_fingerprint=fingerprint)
             mcfg = config.model_config(tok.vocab_size)
             dtype, autocast = autocast_for(r.dtype, device, r.attention)
-            return _train(config, callbacks, ckpt, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+            result = _train(config, callbacks, ckpt, quiet, run_dir, device, dinfo, tok, data, mcfg, dtype, autocast)
+            dinfo.barrier()  # every rank is done before any tears the group down (a peer that has gone aborts gloo)
+            return result
         finally:
             if lock:
                 lock.release()
