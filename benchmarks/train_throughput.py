@@ -81,7 +81,7 @@ def make_step(kind, s, device, dtype, compile_, attention="auto", nanogpt=None):
 
     def step():
         x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
-        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x  # as the loop's batches
+        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)  # as the loop's
         with amp():
             loss = loss_fn(fwd, x)
         loss.backward()

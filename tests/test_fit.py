@@ -85,6 +85,7 @@ def test_divergence_in_the_last_unchecked_steps_is_caught(monkeypatch):
 
 
 def test_sync_interval():
-    assert fit._sync_every("cpu", ()) == 1
-    assert fit._sync_every("cuda", ()) == fit.SYNC_EVERY
-    assert fit._sync_every("cuda", (lambda *a: None,)) == 1  # callbacks get each step's loss as a float
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fit._sync_every(cpu, ()) == 1
+    assert fit._sync_every(cuda, ()) == fit.SYNC_EVERY
+    assert fit._sync_every(cuda, (lambda *a: None,)) == 1  # callbacks get each step's loss as a float

@@ -34,9 +34,9 @@ class FitResult:
         return asdict(self)
 
 
-def _sync_every(device, callbacks) -> int:
+def _sync_every(device: torch.device, callbacks) -> int:
     """Steps between divergence checks: every step on the CPU (free) and when callbacks need the loss."""
-    return 1 if callbacks or torch.device(device).type == "cpu" else SYNC_EVERY
+    return 1 if callbacks or device.type == "cpu" else SYNC_EVERY
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int) -> None:
@@ -61,13 +61,14 @@ def train_model(config: GPTConfig, data, steps: int, batch_size: int = 16, lr: f
     checked for divergence every ``SYNC_EVERY`` steps, so the host never waits for the device inside the loop.
     """
     torch.manual_seed(seed)
+    device = torch.device(device)
     model = GPT(config).to(device)
     warmup = max(1, steps // 10) if warmup is None else warmup
     ocfg = OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay, warmup_iters=warmup,
                        min_lr=lr / 10, grad_clip=grad_clip)
-    opt = make_optimizer(model, ocfg, torch.device(device).type)
+    opt = make_optimizer(model, ocfg, device.type)
     gen = torch.Generator().manual_seed(seed)
-    _, amp = autocast_for(dtype, torch.device(device))
+    _, amp = autocast_for(dtype, device)
     every = _sync_every(device, callbacks)
     losses = torch.zeros(steps, dtype=torch.float32, device=device)
     t0 = time.perf_counter()
