@@ -152,6 +152,23 @@ def test_sorted_row_statistics_equal_top_k_mass_gini_and_fraction_above(n):
     assert torch.equal(frac, st.fraction_above(Q, 0.1, causal=False))
 
 
+def test_gini_leaves_given_sorted_rows_intact_and_entropy_from_scores_is_exact():
+    """gini() works in place only on a sort of its own; row_entropy_from_scores: uniform rows log m, one-hot rows 0."""
+    g = torch.Generator().manual_seed(1)
+    P = torch.softmax(torch.randn(2, 7, 7, dtype=torch.float64, generator=g), -1)
+    xs = st.sort_rows(P)
+    before = xs.clone()
+    assert torch.allclose(st.gini(P, causal=False, sorted_rows=xs), st.gini(P, causal=False), atol=1e-15, rtol=0)
+    assert torch.equal(xs, before)
+    n = 5
+    mask = torch.full((n, n), torch.finfo(torch.float64).min / 2, dtype=torch.float64).triu(1)
+    for S, expect in ((mask, torch.log(torch.arange(1, n + 1, dtype=torch.float64))),  # uniform over i + 1 keys
+                      (mask + 800 * torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))):  # one-hot
+        Pr = torch.softmax(S, -1)
+        assert torch.allclose(st.row_entropy_from_scores(Pr, S), expect, atol=1e-13, rtol=0)
+        assert torch.allclose(st.row_entropy_from_scores(Pr, S), st.row_entropy(Pr), atol=1e-13, rtol=0)
+
+
 def test_singular_values_of_float32_patterns_match_the_float64_svd():
     """Lower-precision P goes through the float64 Gram matrix: every σ within 1e-6 ‖P‖₂ of LAPACK's SVD of the
     same (float32-valued) matrix, and the spectral statistics agree to the same order."""

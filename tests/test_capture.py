@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from mathlens import GPT, GPTConfig
 from mathlens.errors import MathlensError
+from mathlens.probes import attention_stats as st
 from mathlens.probes.attention import attention_summary, random_init
 from mathlens.probes.attention_kernel import kernel_smoother_check
 from mathlens.probes.attention_plots import plot_head_heatmap, plot_layer_profiles, plot_spectra
@@ -128,6 +129,36 @@ def test_attention_pattern_chunks_agree():
     assert torch.allclose(a, b, atol=1e-15)
     nc = attention_pattern(q, k, 0.5, causal=False, chunk_rows=4)
     assert torch.allclose(nc, torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.5, -1), atol=1e-15)
+
+
+def test_attention_pattern_entropy_from_scores_equals_entr():
+    """``with_entropy``: H_i = lse_i − Σ_j P_ij S_ij from each chunk's scores, equal to −Σ P log P of the returned
+    weights (float64: to roundoff; float32: to its rounding), chunked or not, causal or not; a uniform row (q = 0)
+    has H_i = log m_i exactly as the closed form."""
+    g = torch.Generator().manual_seed(4)
+    q, k = 3 * torch.randn(2, 3, 12, 4, generator=g), torch.randn(2, 3, 12, 4, generator=g)
+    for causal in (True, False):
+        for chunk in (5, 256):
+            for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+                P, H = attention_pattern(q, k, 0.5, causal=causal, chunk_rows=chunk, dtype=dtype, with_entropy=True)
+                assert torch.equal(P, attention_pattern(q, k, 0.5, causal=causal, chunk_rows=chunk, dtype=dtype))
+                assert H.shape == (2, 3, 12) and H.dtype == dtype
+                assert torch.allclose(H.double(), st.row_entropy(P.double()), atol=tol, rtol=0)
+    _, H = attention_pattern(torch.zeros(1, 1, 6, 4), k[:1, :1, :6], 1.0, causal=True, with_entropy=True)
+    assert torch.allclose(H[0, 0], torch.log(torch.arange(1, 7, dtype=torch.float64)), atol=1e-15, rtol=0)
+
+
+def test_capture_hooks_only_what_it_keeps(idx):
+    """Each hooked module takes PyTorch's slower call path, so a capture hooks only the points it needs, and every
+    hook is gone afterwards."""
+    model = MODELS["gpt"]()
+    seen = []
+    orig = model.blocks[0].attn.hook_v.register_forward_hook
+    model.blocks[0].attn.hook_v.register_forward_hook = lambda fn: (seen.append("v"), orig(fn))[1]
+    c = capture(model, idx, what=("pattern",))
+    assert seen == [] and set(c.keys()) == {f"blocks.{i}.attn.hook_pattern" for i in c.layers}
+    capture(model, idx, what=("v",))
+    assert seen == ["v"] and _hooks_left(model) == 0
 
 
 def test_qk_weights_reproduce_captured_queries_and_keys(idx):

@@ -79,9 +79,11 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
 
 
 def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: int, tau: float, eps: float,
-                energy_k: int | None, spectral_batch: int | None, row_batch: int | None) -> list[HeadStats]:
+                energy_k: int | None, spectral_batch: int | None, row_batch: int | None,
+                H: Tensor | None = None) -> list[HeadStats]:
     """:func:`head_statistics` of ``P: (B, h, n, n)`` whose head ``j`` is ``labels[j] = (layer, head)``:
-    every statistic is one batched op over all ``h`` columns (heads of several layers at once)."""
+    every statistic is one batched op over all ``h`` columns (heads of several layers at once). ``H: (B, h, n)``:
+    the row entropies when already known (:func:`~mathlens.probes.capture.attention_pattern`)."""
     B, h, n, _ = P.shape
     energy_k = max(1, n // 4) if energy_k is None else min(int(energy_k), n)
     if n < 2:
@@ -94,7 +96,8 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
         return x[..., first:].mean(dim=(0, 2), dtype=torch.float64)
 
     R = P[: row_batch or B]
-    H = st.row_entropy(R)
+    s = st.singular_values(P[: spectral_batch or B])  # (b, h, n) float64
+    H = st.row_entropy(R) if H is None else H[: R.shape[0]]
     logm = float(torch.log(st.visible_counts(n, causal).to(torch.float64))[first:].mean())
     mass, g, frac = st.sorted_row_statistics(R, top_k, causal, tau)  # one sort: top-k mass, Gini, fraction > τ
     stats = {
@@ -104,15 +107,13 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
         "gini": rowmean(g),
         "frac_above_tau": rowmean(frac),
     }
-    S = P[: spectral_batch or B]
-    s = st.singular_values(S)  # (b, h, n) float64
     stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
     stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
     stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
     stats["rank_for_eps"] = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
     vals = {k: v.tolist() for k, v in stats.items()}  # one device→host transfer per statistic
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
-                    batch=B, row_batch=R.shape[0], spectral_batch=S.shape[0])
+                    batch=B, row_batch=R.shape[0], spectral_batch=s.shape[0])
     return [HeadStats(layer=layer, head=hd, n=n, log_visible=logm, effective_rank_ratio=vals["effective_rank"][j] / n,
                       settings=dict(settings), **{k: v[j] for k, v in vals.items()})
             for j, (layer, hd) in enumerate(labels)]
@@ -184,10 +185,11 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     mercers: list[MercerResult] = []
     need = None if row_batch is None else max(row_batch, spectral_batch or idx.shape[0])  # sequences used
     for group in _layer_groups(c, need or idx.shape[0], max_elements):
-        P = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need)  # (b, |group|·h, T, T)
+        # P: (b, |group|·h, T, T), H: (b, |group|·h, T) row entropies from the scores
+        P, H = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need, with_entropy=True)
         labels = [(i, hd) for i in group for hd in c.heads]
-        out += _head_stats(P, labels, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
-        del P
+        out += _head_stats(P, labels, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch, H)
+        del P, H
     for i in c.layers:
         if kernel_checks and not c.alibi:
             checks[i] = kernel_smoother_check(c[f"blocks.{i}.attn.hook_q"], c.keys_for_heads(i, "k"),
