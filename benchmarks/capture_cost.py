@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -51,13 +52,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: str) -> tuple[float, float]:
-    """(wall seconds, this process's CPU seconds): on a shared CPU machine the CPU time is the steadier figure."""
+def _time(fn, device: str) -> tuple[float, float, int]:
+    """(wall seconds, this process's CPU seconds, minor page faults): on a shared CPU machine the CPU time is the
+    steadier figure; the page faults count fresh memory touched (glibc hands large buffers back to the system, so a
+    workload that keeps more alive or allocates more (..., T, T) buffers pays for it again on every call)."""
     _sync(device)
+    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t, c = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - t, time.process_time() - c
+    return time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
 
 
 def main(argv=None) -> int:
@@ -98,17 +102,19 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):  # alternate, so drifts hit every workload alike
         for k, fn in work.items():
             times[k].append(_time(fn, args.device))
-    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
-    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    med = {k: statistics.median(w for w, _, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c, _ in v) for k, v in times.items()}
+    faults = {k: statistics.median(f for _, _, f in v) for k, v in times.items()}
     result = {"shape": args.shape, "device": args.device, "threads": torch.get_num_threads(),
               "B": shape["B"], "T": shape["T"], **shape["cfg"], "spectral_batch": args.spectral_batch, "row_batch": args.row_batch,
               "pattern_dtype": args.pattern_dtype, "repeats": args.repeats, "median_s": med,
               "ratio_stats": med["stats"] / med["forward"], "ratio_stats_checks": med["stats+checks"] / med["forward"],
               "median_cpu_s": cpu, "cpu_ratio_stats": cpu["stats"] / cpu["forward"],
-              "cpu_ratio_stats_checks": cpu["stats+checks"] / cpu["forward"], "torch": torch.__version__}
+              "cpu_ratio_stats_checks": cpu["stats+checks"] / cpu["forward"], "minor_page_faults": faults,
+              "torch": torch.__version__}
     for k, v in med.items():
         print(f"{k:>14}: wall {v * 1e3:9.1f} ms ({v / med['forward']:.2f}x forward)   "
-              f"cpu {cpu[k] * 1e3:9.1f} ms ({cpu[k] / cpu['forward']:.2f}x)")
+              f"cpu {cpu[k] * 1e3:9.1f} ms ({cpu[k] / cpu['forward']:.2f}x)   page faults {faults[k]:.0f}")
     write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("ratio_stats", "ratio_stats_checks", "cpu_ratio_stats")}))
     return 0
