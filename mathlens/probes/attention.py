@@ -96,7 +96,6 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
         return x[..., first:].mean(dim=(0, 2), dtype=torch.float64)
 
     R = P[: row_batch or B]
-    s = st.singular_values(P[: spectral_batch or B])  # (b, h, n) float64
     H = st.row_entropy(R) if H is None else H[: R.shape[0]]
     logm = float(torch.log(st.visible_counts(n, causal).to(torch.float64))[first:].mean())
     mass, g, frac = st.sorted_row_statistics(R, top_k, causal, tau)  # one sort: top-k mass, Gini, fraction > τ
@@ -107,6 +106,7 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
         "gini": rowmean(g),
         "frac_above_tau": rowmean(frac),
     }
+    s = st.singular_values(P[: spectral_batch or B])  # (b, h, n) float64
     stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
     stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
     stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)

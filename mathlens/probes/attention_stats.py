@@ -128,8 +128,9 @@ def row_entropy_from_scores(P: Tensor, S: Tensor) -> Tensor:
     entries a large negative number, so that ``0 · S`` is 0), without a logarithm per entry.
 
     ``log P_ij = S_ij − lse_i`` and the largest weight sits at the largest score, so ``lse_i = max_j S_ij −
-    log max_j P_ij`` and ``H_i = lse_i − Σ_j P_ij S_ij``: two row maxima and one row dot product, 3–4× cheaper than
-    :func:`row_entropy` on the CPU (whose ``n²`` logarithms dominate), with the same float32 rounding (≈ 1e-6).
+    log max_j P_ij`` and ``H_i = lse_i − Σ_j P_ij S_ij``: two row maxima and one row dot product, ≈ 2.4× cheaper than
+    :func:`row_entropy` on the CPU (0.35 against 0.83 ms for 192 matrices of 64 × 64, whose ``n²`` logarithms
+    dominate ``entr``), with the same float32 rounding (≈ 1e-6).
     """
     dot = (P.unsqueeze(-2) @ S.unsqueeze(-1))[..., 0, 0]  # Σ_j P_ij S_ij as a batched matmul: no (..., n, n) temporary
     return S.amax(-1) - torch.log(P.amax(-1)) - dot

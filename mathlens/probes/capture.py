@@ -200,27 +200,22 @@ class _Recorder:
             return
         if i not in self.layers:
             return
-        s = self.scratch.setdefault(i, {}) if self.recompute else {}
+        if self.recompute and name in ("q", "k"):  # kept (on the device) until the block ends, for its weights
+            self.scratch.setdefault(i, {})[name] = t
         if name in ("resid_pre", "resid_mid", "resid_post"):
             if "resid" in self.want:
                 self._put(f"blocks.{i}.hook_{name}", t)
         elif name in ("q", "z"):
-            if name == "q":
-                s["q"] = t
             if name in self.want:
                 self._put(f"blocks.{i}.attn.hook_{name}", self._sel(t))
         elif name in ("k", "v"):
-            if name == "k":
-                s["k"] = t
             if name in self.want:
                 self._put(f"blocks.{i}.attn.hook_{name}", t)
         elif name == "pattern_eager":
             if "pattern" in self.want:
                 self._put(f"blocks.{i}.attn.hook_pattern", self._sel(t).to(self.dtype))
-        elif name == "end":
-            if self.recompute:
-                self._pattern(i, s)
-            self.scratch.pop(i, None)
+        elif name == "end" and self.recompute:
+            self._pattern(i, self.scratch.pop(i))
 
     def _pattern(self, i: int, s: dict) -> None:
         fn = self.a.pattern_fn(i)
