@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from mathlens.errors import MathlensError
+from mathlens.probes import scratch
 from mathlens.probes.attention_stats import row_entropy, row_entropy_from_scores
 
-WHAT = ("resid", "q", "k", "v", "z", "pattern")
+WHAT = ("resid", "resid_post", "q", "k", "v", "z", "pattern")
 
 
 @dataclass
@@ -84,13 +85,14 @@ class Capture:
                       if f"blocks.{i}.hook_resid_post" in self]
 
     def pattern(self, layer: int, chunk_rows: int = 256, dtype=torch.float64, device=None,
-                batch: int | None = None, with_entropy: bool = False):
+                batch: int | None = None, with_entropy: bool = False, out: Tensor | None = None):
         """Attention weights ``(B, h, T, T)`` of the selected heads of ``layer``, recomputed from Q/K
         (for the first ``batch`` sequences only when given); ``with_entropy``: ``(P, H)`` with the row
-        entropies ``H: (B, h, T)`` (see :func:`attention_pattern`)."""
+        entropies ``H: (B, h, T)``; ``out``: where to write the weights (see :func:`attention_pattern`)."""
         key = f"blocks.{layer}.attn.hook_pattern"
         if key in self.tensors:
             P = self.tensors[key][:batch].to(dtype)
+            P = P if out is None else out.copy_(P)
             return (P, row_entropy(P)) if with_entropy else P
         q, k = self[f"blocks.{layer}.attn.hook_q"][:batch], self[f"blocks.{layer}.attn.hook_k"][:batch]
         if device is not None:
@@ -99,28 +101,33 @@ class Capture:
             if self.heads != list(range(self.n_head)):
                 raise MathlensError("ALiBi patterns of a subset of heads: pass 'pattern' in what= at capture")
             return attention_pattern(q, k, 0.0, self.causal, chunk_rows, dtype, pattern_fn=self._pattern_fns[layer],
-                                     with_entropy=with_entropy)
+                                     with_entropy=with_entropy, out=out)
         return attention_pattern(q, self.keys_for_heads(layer, batch=batch), self.scales[layer], self.causal,
-                                 chunk_rows, dtype, with_entropy=with_entropy)
+                                 chunk_rows, dtype, with_entropy=with_entropy, out=out)
 
     def patterns(self, layers: list[int], chunk_rows: int = 256, dtype=torch.float64, device=None,
-                 batch: int | None = None, with_entropy: bool = False):
+                 batch: int | None = None, with_entropy: bool = False, out: Tensor | None = None):
         """The weights of several layers side by side, ``(B, len(layers)·h, T, T)`` with layer ``layers[j]``'s
         heads at columns ``j·h … (j+1)·h − 1``: one batched computation instead of one per layer
-        (``with_entropy``: ``(P, H)`` as for :meth:`pattern`)."""
-        if len(layers) == 1 or self.alibi:
+        (``with_entropy``: ``(P, H)`` as for :meth:`pattern`; ``out``: as for :func:`attention_pattern`)."""
+        if len(layers) == 1:
+            return self.pattern(layers[0], chunk_rows, dtype, device, batch, with_entropy, out)
+        if self.alibi:
             parts = [self.pattern(i, chunk_rows, dtype, device, batch, with_entropy) for i in layers]
-            if not with_entropy:
-                return torch.cat(parts, 1)
-            return torch.cat([p for p, _ in parts], 1), torch.cat([H for _, H in parts], 1)
+            P = torch.cat([p for p, _ in parts] if with_entropy else parts, 1, out=out)
+            return (P, torch.cat([H for _, H in parts], 1)) if with_entropy else P
         scales = {self.scales[i] for i in layers}
         common = scales.pop() if len(scales) == 1 else None  # else each layer's q carries its own scale
         qs = [self[f"blocks.{i}.attn.hook_q"][:batch] for i in layers]
-        q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1)
-        k = torch.cat([self.keys_for_heads(i, batch=batch) for i in layers], 1)
+        ks = [self.keys_for_heads(i, batch=batch) for i in layers]
+        n, (b, _, T, dh) = sum(x.shape[1] for x in qs), qs[0].shape  # q, k concatenated into scratch buffers
+        q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1,
+                      out=scratch.buffer("patterns.q", (b, n, T, dh), qs[0].dtype, qs[0].device))
+        k = torch.cat(ks, 1, out=scratch.buffer("patterns.k", (b, n, T, dh), ks[0].dtype, ks[0].device))
         if device is not None:
             q, k = q.to(device), k.to(device)
-        return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype, with_entropy=with_entropy)
+        return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype, with_entropy=with_entropy,
+                                 out=out)
 
 
 def kv_index(heads: list[int], n_head: int, n_kv_head: int) -> list[int]:
@@ -129,7 +136,8 @@ def kv_index(heads: list[int], n_head: int, n_kv_head: int) -> list[int]:
 
 
 def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, chunk_rows: int = 256,
-                      dtype=torch.float64, out_device=None, pattern_fn=None, with_entropy: bool = False):
+                      dtype=torch.float64, out_device=None, pattern_fn=None, with_entropy: bool = False,
+                      out: Tensor | None = None):
     """``softmax(scale · q kᵀ + causal mask)`` computed ``chunk_rows`` query rows at a time.
 
     ``q: (B, h, T, dh)``, ``k: (B, h, T, dh)`` (already one key head per query head) -> ``(B, h, T, T)``
@@ -137,7 +145,8 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
     softmax (e.g. ``attn.pattern_from`` for ALiBi); query rows are the last rows of the keys given.
     ``with_entropy``: return ``(P, H)`` with the row entropies ``H: (B, h, T)`` taken from each chunk's scores
     while they are at hand (:func:`~mathlens.probes.attention_stats.row_entropy_from_scores`; from ``P``
-    itself under ``pattern_fn``).
+    itself under ``pattern_fn``). ``out``: a contiguous ``(B, h, T, T)`` tensor of ``dtype`` on ``out_device`` to
+    write the weights into (returned); the scores are a :mod:`~mathlens.probes.scratch` buffer.
     """
     B, h, T, _ = q.shape
     chunk_rows = max(1, int(chunk_rows))
@@ -150,21 +159,30 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
         if pattern_fn is not None:
             p = pattern_fn(qc, kc)
             return p, (row_entropy(p) if with_entropy else None)
+        s = scratch.buffer("scores", (B * h, end - start, Tk), dtype, q.device)
+        qf, kt = qc.reshape(B * h, end - start, -1), kc.reshape(B * h, Tk, -1).transpose(-1, -2)
         if not causal:
-            s = (qc @ kc.transpose(-1, -2)).mul_(scale)
+            torch.bmm(qf, kt, out=s).mul_(scale)
         else:  # scale · q kᵀ plus the additive causal mask in one fused baddbmm
             mask = torch.zeros(end - start, Tk, dtype=dtype, device=q.device)
             mask.masked_fill_(torch.ones_like(mask, dtype=torch.bool).triu(start + 1), masked)
-            s = torch.baddbmm(mask.expand(B * h, -1, -1), qc.reshape(B * h, end - start, -1),
-                              kc.reshape(B * h, Tk, -1).transpose(-1, -2), alpha=scale).view(B, h, end - start, Tk)
-        p = torch.softmax(s, dim=-1)
+            torch.baddbmm(mask.expand(B * h, -1, -1), qf, kt, alpha=scale, out=s)
+        s = s.view(B, h, end - start, Tk)
+        p = torch.softmax(s, dim=-1, out=direct) if direct is not None else torch.softmax(s, dim=-1)
         return p, (row_entropy_from_scores(p, s) if with_entropy else None)
 
-    dev = out_device or q.device
-    if chunk_rows >= T:  # one chunk: no zero-filled buffer, no copy
+    dev = torch.device(out_device or q.device)
+    if out is not None and (out.shape != (B, h, T, T) or out.dtype != dtype or out.device != dev
+                            or not out.is_contiguous()):
+        raise MathlensError(f"out must be a contiguous {(B, h, T, T)} {dtype} tensor on {dev}")
+    # one chunk on the same device: the weights go straight into `out` (no zero-filled buffer, no copy)
+    direct = out if out is not None and chunk_rows >= T and dev == q.device and pattern_fn is None else None
+    if chunk_rows >= T:
         p, H = rows(0, T)
+        if out is not None and direct is None:
+            p = out.copy_(p)
         return (p.to(dev), H.to(dev)) if with_entropy else p.to(dev)
-    out = torch.zeros(B, h, T, T, dtype=dtype, device=dev)
+    out = out.zero_() if out is not None else torch.zeros(B, h, T, T, dtype=dtype, device=dev)
     H = torch.empty(B, h, T, dtype=dtype, device=dev) if with_entropy else None
     for start in range(0, T, chunk_rows):
         end = min(T, start + chunk_rows)
@@ -182,9 +200,14 @@ class _Recorder:
         self.a, self.layers, self.heads, self.want = adapter, set(layers), heads, want
         self.store, self.chunk, self.dtype, self.eager = store_device, chunk_rows, pattern_dtype, eager
         self.tensors: dict[str, Tensor] = {}
-        self.scratch: dict[int, dict[str, Tensor]] = {}
+        self.pending: dict[int, dict[str, Tensor]] = {}  # q, k of a block until it ends
         self.all_heads = heads == list(range(adapter.n_head))
         self.recompute = "pattern" in want and not eager  # weights from q and k at the end of each block
+
+    def keeps(self, state: str) -> bool:
+        """Whether the residual state ``state`` ("embed", "resid_pre", …, "final") is kept: all of them with "resid",
+        the embedding and each block's output with "resid_post" (what :meth:`Capture.resid_states` reads)."""
+        return "resid" in self.want or ("resid_post" in self.want and state in ("embed", "resid_post"))
 
     def _sel(self, t: Tensor) -> Tensor:
         """The selected query heads of ``t: (B, H, ...)`` (no copy when all are selected)."""
@@ -195,15 +218,15 @@ class _Recorder:
 
     def __call__(self, i: int | None, name: str, t: Tensor | None) -> None:
         if i is None:  # model-level: "embed" / "final"
-            if "resid" in self.want:
+            if self.keeps(name):
                 self._put(f"hook_{name}", t)
             return
         if i not in self.layers:
             return
         if self.recompute and name in ("q", "k"):  # kept (on the device) until the block ends, for its weights
-            self.scratch.setdefault(i, {})[name] = t
+            self.pending.setdefault(i, {})[name] = t
         if name in ("resid_pre", "resid_mid", "resid_post"):
-            if "resid" in self.want:
+            if self.keeps(name):
                 self._put(f"blocks.{i}.hook_{name}", t)
         elif name in ("q", "z"):
             if name in self.want:
@@ -215,7 +238,7 @@ class _Recorder:
             if "pattern" in self.want:
                 self._put(f"blocks.{i}.attn.hook_pattern", self._sel(t).to(self.dtype))
         elif name == "end" and self.recompute:
-            self._pattern(i, self.scratch.pop(i))
+            self._pattern(i, self.pending.pop(i))
 
     def _pattern(self, i: int, s: dict) -> None:
         fn = self.a.pattern_fn(i)
@@ -246,7 +269,8 @@ def capture(model, idx: Tensor, layers: list[int] | None = None, heads: list[int
     """Run ``model`` on ``idx: (B, T)`` int64 once and return a :class:`Capture`.
 
     ``layers``/``heads``: which layers and query heads to keep (None: all); ``what``: subset of
-    ``("resid", "q", "k", "v", "z", "pattern")``; ``pattern_source``: ``"recompute"`` (from Q/K, chunked)
+    ``("resid", "resid_post", "q", "k", "v", "z", "pattern")`` ("resid": every residual state; "resid_post": only
+    ``hook_embed`` and each block's ``hook_resid_post``, what :meth:`Capture.resid_states` returns); ``pattern_source``: ``"recompute"`` (from Q/K, chunked)
     or ``"eager"`` (the model's materialised weights); ``store_device``: where captured tensors go
     (None: stay on the model's device).
     """
@@ -301,14 +325,15 @@ class _GPTAdapter:
         call path: ≈ 0.8 ms a forward for all of them on the CPU preset's 4 layers)."""
         m, hs, want, recompute = self.m, [], rec.want, rec.recompute
         fwd = lambda i, name: (lambda mod, inp, out: rec(i, name, out))
-        if "resid" in want:
+        if rec.keeps("embed"):
             hs.append(m.hook_embed.register_forward_hook(fwd(None, "embed")))
+        if rec.keeps("final"):
             hs.append(m.hook_final.register_forward_hook(fwd(None, "final")))
+        states = [name for name in ("resid_pre", "resid_mid", "resid_post") if rec.keeps(name)]
         for i in layers:
             b = m.blocks[i]
-            if "resid" in want:
-                for name in ("resid_pre", "resid_mid", "resid_post"):
-                    hs.append(getattr(b, f"hook_{name}").register_forward_hook(fwd(i, name)))
+            for name in states:
+                hs.append(getattr(b, f"hook_{name}").register_forward_hook(fwd(i, name)))
             for name in ("q", "k", "v", "z"):
                 if name in want or (recompute and name in ("q", "k")):
                     hs.append(getattr(b.attn, f"hook_{name}").register_forward_hook(fwd(i, name)))
