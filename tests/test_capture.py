@@ -213,3 +213,25 @@ def test_layers_batched_statistics_equal_one_layer_at_a_time(make, idx):
                     "stable_rank", "rank_for_eps", "energy_at_k"):
             assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12, abs=1e-12), key
             assert getattr(a, key) == pytest.approx(getattr(d, key), rel=1e-12, abs=1e-12), key
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt2", "llama"])
+def test_resid_post_keeps_only_what_resid_states_reads(name, idx):
+    """``what=("resid_post",)`` keeps the embedding and each block's output, equal to those of a full capture."""
+    model = MODELS[name]()
+    full, post = capture(model, idx, what=("resid",)), capture(model, idx, what=("resid_post",))
+    assert set(post.keys()) == {"hook_embed"} | {f"blocks.{i}.hook_resid_post" for i in post.layers}
+    assert all(torch.equal(a, b) for a, b in zip(full.resid_states(), post.resid_states()))
+    assert _hooks_left(model) == 0
+
+
+def test_model_attention_repeated_calls_agree(idx):
+    """model_attention's weights live in scratch buffers reused by the next call: the numbers do not depend on what
+    ran before."""
+    from mathlens.probes.attention import model_attention
+
+    a, b = _gpt(), _gpt("rope", 2)
+    kw = dict(kernel_checks=False, mercer=False, pattern_dtype=torch.float32)
+    first = model_attention(a, idx, **kw).to_dict()
+    model_attention(b, idx[:, :15], **kw)
+    assert model_attention(a, idx, **kw).to_dict() == first

@@ -238,7 +238,7 @@ class RankCollapse(Experiment):
             x, _ = ctx.batch("val", seed=20_000 + seed, batch_size=4)
             for skip in (True, False):
                 m = ctx.random_gpt(seed, n_layer=8, skip=skip)
-                c = capture(m, x, what=("resid",))
+                c = capture(m, x, what=("resid_post",))
                 prof[skip].append(rank_collapse_profile(c.resid_states()))
         last = {k: [p[-1] for p in v] for k, v in prof.items()}
         ci, v1, r1 = verdict_difference(last[True], last[False], ">", what="ρ_L (skip − no skip)")

@@ -216,7 +216,7 @@ class SphereStates(Experiment):
         for seed in ctx.seeds:
             x, _ = ctx.batch("val", 50_000 + seed, batch_size=4)
             for model, out in ((ctx.trained_gpt(seed)[0], pre), (_post_ln(ctx, seed), post)):
-                c = capture(model, x, what=("resid",))
+                c = capture(model, x, what=("resid_post",))
                 out.append(max(_token_sphere_spread(u) for u in c.resid_states()[1:]))
         diff = [float(np.log10(a) - np.log10(max(b, 1e-16))) for a, b in zip(pre, post)]
         ci, verdict, rule = verdict_above(diff, 3.0, what="log10 spread (pre − post)")

@@ -84,7 +84,7 @@ class LatentGeometry(Experiment):
             for group, models in (("trained", [ctx.trained_gpt(seed)[0]]), ("random init", twins)):
                 changes = []
                 for j, model in enumerate(models):
-                    states = capture(model, x, what=("resid",)).resid_states()
+                    states = capture(model, x, what=("resid_post",)).resid_states()
                     c = trajectory_curvature([s.double() for s in states]).mean_curvature
                     changes.append(float(c[-1] - c[1]))
                     if seed == ctx.seeds[0] and j == 0:
@@ -123,7 +123,7 @@ class LatentGeometry(Experiment):
         model, idx = inputs
         out = {}
         for group, m in (("trained", model), ("random init", random_init(model, 0))):
-            states = [u.double() for u in capture(m, idx, what=("resid",)).resid_states()]
+            states = [u.double() for u in capture(m, idx, what=("resid_post",)).resid_states()]
             c = trajectory_curvature(states).mean_curvature
             out[f"SmolLM2-135M curvature change last − first layer, {group}"] = float(c[-1] - c[1])
             # no position embedding is added to the residual stream (rotary positions act inside attention), so at

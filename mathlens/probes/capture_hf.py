@@ -58,7 +58,8 @@ class _HFAdapter:
                 rec(i, "resid_pre", self._pre[i])
 
             def attn_out(mod, args, out, i=i):
-                rec(i, "resid_mid", self._pre[i] + _first(out))
+                if rec.keeps("resid_mid"):
+                    rec(i, "resid_mid", self._pre[i] + _first(out))
                 if self._eager and len(out) > 1 and out[1] is not None:
                     rec(i, "pattern_eager", out[1])
 

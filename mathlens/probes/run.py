@@ -89,7 +89,7 @@ def probe_geometry(model, idx, out: Path, seed: int) -> dict:
     from mathlens.probes.geometry import IntrinsicDimension, neighbourhood_overlap
     from mathlens.probes.trajectories import depth_flow, trajectory_curvature
 
-    states = [s.double() for s in capture(model, idx, what=("resid",)).resid_states()]
+    states = [s.double() for s in capture(model, idx, what=("resid_post",)).resid_states()]
     flat = [s.reshape(-1, s.shape[-1]) for s in states]
     ids = [IntrinsicDimension("twonn").fit(h).dimension_ for h in flat]
     curv = trajectory_curvature(states)
