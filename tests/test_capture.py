@@ -226,8 +226,7 @@ def test_resid_post_keeps_only_what_resid_states_reads(name, idx):
 
 
 def test_model_attention_repeated_calls_agree(idx):
-    """model_attention's weights live in scratch buffers reused by the next call: the numbers do not depend on what
-    ran before."""
+    """model_attention's numbers do not depend on what ran before it (no state is kept between calls)."""
     from mathlens.probes.attention import model_attention
 
     a, b = _gpt(), _gpt("rope", 2)

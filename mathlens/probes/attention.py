@@ -20,7 +20,6 @@ from torch import Tensor
 
 from mathlens.errors import MathlensError
 from mathlens.probes import attention_stats as st
-from mathlens.probes import scratch
 from mathlens.probes.attention_kernel import (
     KernelSmootherCheck,
     MercerResult,
@@ -185,12 +184,9 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     checks: dict[int, KernelSmootherCheck] = {}
     mercers: list[MercerResult] = []
     need = None if row_batch is None else max(row_batch, spectral_batch or idx.shape[0])  # sequences used
-    b, T = min(need or idx.shape[0], idx.shape[0]), idx.shape[1]
-    for group in _layer_groups(c, b, max_elements):
-        # P: (b, |group|·h, T, T) in a scratch buffer, H: (b, |group|·h, T) row entropies from the scores
-        q = c[f"blocks.{group[0]}.attn.hook_q"]
-        P = scratch.buffer("model_attention.P", (b, len(group) * len(c.heads), T, T), pattern_dtype, q.device)
-        P, H = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need, with_entropy=True, out=P)
+    for group in _layer_groups(c, need or idx.shape[0], max_elements):
+        # P: (b, |group|·h, T, T), H: (b, |group|·h, T) row entropies from the scores
+        P, H = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need, with_entropy=True)
         labels = [(i, hd) for i in group for hd in c.heads]
         out += _head_stats(P, labels, c.causal, top_k, tau, eps, energy_k, spectral_batch, row_batch, H)
         del P, H

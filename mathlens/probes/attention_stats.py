@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from mathlens.errors import MathlensError
-from mathlens.probes import scratch
 
 
 def _square(P: Tensor) -> None:
@@ -179,19 +178,12 @@ def _gini_of_sorted(x: Tensor, causal: bool, overwrite: bool) -> Tensor:
     return (x.mul_(w) if overwrite else x * w).sum(-1) / (m[:, 0] * total).clamp_min(1e-300)
 
 
-def sort_rows(x: Tensor, out: Tensor | None = None) -> Tensor:
+def sort_rows(x: Tensor) -> Tensor:
     """``torch.sort(x, -1).values``; on the CPU through NumPy's vectorised sort (x86-simd-sort), several times
-    faster than ``torch.sort`` on many short rows (it also skips the indices). ``out``: a contiguous tensor of
-    ``x``'s shape and dtype to sort into (on the CPU: a copy, then an in-place sort)."""
+    faster than ``torch.sort`` on many short rows (it also skips the indices)."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
-        if out is None:
-            return torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1))
-        o = out.numpy()
-        np.copyto(o, x.numpy() if x.is_contiguous() else x.contiguous().numpy())
-        o.sort(axis=-1)
-        return out
-    xs = torch.sort(x, dim=-1).values
-    return xs if out is None else out.copy_(xs)
+        return torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
 
 
 def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True, tau: float | None = None) -> tuple[Tensor, ...]:
@@ -201,7 +193,7 @@ def sorted_row_statistics(P: Tensor, top_k: int, causal: bool = True, tau: float
     _square(P)
     _check_tau(tau)
     n = P.shape[-1]
-    xs = sort_rows(P, out=scratch.buffer("sorted_rows", P.shape, P.dtype, P.device))  # sorted, then Gini's scratch
+    xs = sort_rows(P)
     mass = xs[..., n - min(int(top_k), n):].sum(-1)
     frac = None
     if tau is not None:
@@ -232,17 +224,9 @@ def residual_ratio(u: Tensor) -> Tensor:
 def rank_collapse_profile(states: list[Tensor]) -> list[float]:
     """``states``: per-layer residual states, each ``(B, T, D)`` -> mean ``ρ_ℓ`` over the batch, per layer.
 
-    States of one shape are copied into one float64 :mod:`~mathlens.probes.scratch` buffer and centred in place:
-    six ops for all layers instead of six per layer (a fresh buffer of that size cost more than the calls it saved).
-    """
-    if len({(tuple(u.shape), u.device) for u in states}) != 1 or states[0].dim() < 3:
-        return [float(residual_ratio(u).mean()) for u in states]
-    U = scratch.buffer("rank_collapse", (len(states), *states[0].shape), torch.float64, states[0].device)
-    for dst, u in zip(U, states):
-        dst.copy_(u)
-    norm = torch.linalg.matrix_norm(U)
-    centred = torch.linalg.matrix_norm(U.sub_(U.mean(-2, keepdim=True)))
-    return (centred / norm.clamp_min(1e-300)).flatten(1).mean(1).tolist()
+    One layer at a time: stacking the layers into one float64 tensor was 3–4× slower on the CPU (2.8–3.0 ms against
+    0.65–0.70 ms for 5 states of 12 × 64 × 128), the large fresh buffer costing more than the saved calls."""
+    return [float(residual_ratio(u).mean()) for u in states]
 
 
 def nanmean(x: Tensor, dim=None) -> Tensor:

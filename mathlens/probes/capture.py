@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from mathlens.errors import MathlensError
-from mathlens.probes import scratch
 from mathlens.probes.attention_stats import row_entropy, row_entropy_from_scores
 
 WHAT = ("resid", "resid_post", "q", "k", "v", "z", "pattern")
@@ -85,14 +84,13 @@ class Capture:
                       if f"blocks.{i}.hook_resid_post" in self]
 
     def pattern(self, layer: int, chunk_rows: int = 256, dtype=torch.float64, device=None,
-                batch: int | None = None, with_entropy: bool = False, out: Tensor | None = None):
+                batch: int | None = None, with_entropy: bool = False):
         """Attention weights ``(B, h, T, T)`` of the selected heads of ``layer``, recomputed from Q/K
         (for the first ``batch`` sequences only when given); ``with_entropy``: ``(P, H)`` with the row
-        entropies ``H: (B, h, T)``; ``out``: where to write the weights (see :func:`attention_pattern`)."""
+        entropies ``H: (B, h, T)`` (see :func:`attention_pattern`)."""
         key = f"blocks.{layer}.attn.hook_pattern"
         if key in self.tensors:
             P = self.tensors[key][:batch].to(dtype)
-            P = P if out is None else out.copy_(P)
             return (P, row_entropy(P)) if with_entropy else P
         q, k = self[f"blocks.{layer}.attn.hook_q"][:batch], self[f"blocks.{layer}.attn.hook_k"][:batch]
         if device is not None:
@@ -101,33 +99,28 @@ class Capture:
             if self.heads != list(range(self.n_head)):
                 raise MathlensError("ALiBi patterns of a subset of heads: pass 'pattern' in what= at capture")
             return attention_pattern(q, k, 0.0, self.causal, chunk_rows, dtype, pattern_fn=self._pattern_fns[layer],
-                                     with_entropy=with_entropy, out=out)
+                                     with_entropy=with_entropy)
         return attention_pattern(q, self.keys_for_heads(layer, batch=batch), self.scales[layer], self.causal,
-                                 chunk_rows, dtype, with_entropy=with_entropy, out=out)
+                                 chunk_rows, dtype, with_entropy=with_entropy)
 
     def patterns(self, layers: list[int], chunk_rows: int = 256, dtype=torch.float64, device=None,
-                 batch: int | None = None, with_entropy: bool = False, out: Tensor | None = None):
+                 batch: int | None = None, with_entropy: bool = False):
         """The weights of several layers side by side, ``(B, len(layers)·h, T, T)`` with layer ``layers[j]``'s
         heads at columns ``j·h … (j+1)·h − 1``: one batched computation instead of one per layer
-        (``with_entropy``: ``(P, H)`` as for :meth:`pattern`; ``out``: as for :func:`attention_pattern`)."""
-        if len(layers) == 1:
-            return self.pattern(layers[0], chunk_rows, dtype, device, batch, with_entropy, out)
-        if self.alibi:
+        (``with_entropy``: ``(P, H)`` as for :meth:`pattern`)."""
+        if len(layers) == 1 or self.alibi:
             parts = [self.pattern(i, chunk_rows, dtype, device, batch, with_entropy) for i in layers]
-            P = torch.cat([p for p, _ in parts] if with_entropy else parts, 1, out=out)
-            return (P, torch.cat([H for _, H in parts], 1)) if with_entropy else P
+            if not with_entropy:
+                return torch.cat(parts, 1)
+            return torch.cat([p for p, _ in parts], 1), torch.cat([H for _, H in parts], 1)
         scales = {self.scales[i] for i in layers}
         common = scales.pop() if len(scales) == 1 else None  # else each layer's q carries its own scale
         qs = [self[f"blocks.{i}.attn.hook_q"][:batch] for i in layers]
-        ks = [self.keys_for_heads(i, batch=batch) for i in layers]
-        n, (b, _, T, dh) = sum(x.shape[1] for x in qs), qs[0].shape  # q, k concatenated into scratch buffers
-        q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1,
-                      out=scratch.buffer("patterns.q", (b, n, T, dh), qs[0].dtype, qs[0].device))
-        k = torch.cat(ks, 1, out=scratch.buffer("patterns.k", (b, n, T, dh), ks[0].dtype, ks[0].device))
+        q = torch.cat(qs if common else [qi * self.scales[i] for qi, i in zip(qs, layers)], 1)
+        k = torch.cat([self.keys_for_heads(i, batch=batch) for i in layers], 1)
         if device is not None:
             q, k = q.to(device), k.to(device)
-        return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype, with_entropy=with_entropy,
-                                 out=out)
+        return attention_pattern(q, k, common or 1.0, self.causal, chunk_rows, dtype, with_entropy=with_entropy)
 
 
 def kv_index(heads: list[int], n_head: int, n_kv_head: int) -> list[int]:
@@ -136,8 +129,7 @@ def kv_index(heads: list[int], n_head: int, n_kv_head: int) -> list[int]:
 
 
 def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, chunk_rows: int = 256,
-                      dtype=torch.float64, out_device=None, pattern_fn=None, with_entropy: bool = False,
-                      out: Tensor | None = None):
+                      dtype=torch.float64, out_device=None, pattern_fn=None, with_entropy: bool = False):
     """``softmax(scale · q kᵀ + causal mask)`` computed ``chunk_rows`` query rows at a time.
 
     ``q: (B, h, T, dh)``, ``k: (B, h, T, dh)`` (already one key head per query head) -> ``(B, h, T, T)``
@@ -145,8 +137,7 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
     softmax (e.g. ``attn.pattern_from`` for ALiBi); query rows are the last rows of the keys given.
     ``with_entropy``: return ``(P, H)`` with the row entropies ``H: (B, h, T)`` taken from each chunk's scores
     while they are at hand (:func:`~mathlens.probes.attention_stats.row_entropy_from_scores`; from ``P``
-    itself under ``pattern_fn``). ``out``: a contiguous ``(B, h, T, T)`` tensor of ``dtype`` on ``out_device`` to
-    write the weights into (returned); the scores are a :mod:`~mathlens.probes.scratch` buffer.
+    itself under ``pattern_fn``).
     """
     B, h, T, _ = q.shape
     chunk_rows = max(1, int(chunk_rows))
@@ -159,30 +150,21 @@ def attention_pattern(q: Tensor, k: Tensor, scale: float, causal: bool = True, c
         if pattern_fn is not None:
             p = pattern_fn(qc, kc)
             return p, (row_entropy(p) if with_entropy else None)
-        s = scratch.buffer("scores", (B * h, end - start, Tk), dtype, q.device)
-        qf, kt = qc.reshape(B * h, end - start, -1), kc.reshape(B * h, Tk, -1).transpose(-1, -2)
         if not causal:
-            torch.bmm(qf, kt, out=s).mul_(scale)
+            s = (qc @ kc.transpose(-1, -2)).mul_(scale)
         else:  # scale · q kᵀ plus the additive causal mask in one fused baddbmm
             mask = torch.zeros(end - start, Tk, dtype=dtype, device=q.device)
             mask.masked_fill_(torch.ones_like(mask, dtype=torch.bool).triu(start + 1), masked)
-            torch.baddbmm(mask.expand(B * h, -1, -1), qf, kt, alpha=scale, out=s)
-        s = s.view(B, h, end - start, Tk)
-        p = torch.softmax(s, dim=-1, out=direct) if direct is not None else torch.softmax(s, dim=-1)
+            s = torch.baddbmm(mask.expand(B * h, -1, -1), qc.reshape(B * h, end - start, -1),
+                              kc.reshape(B * h, Tk, -1).transpose(-1, -2), alpha=scale).view(B, h, end - start, Tk)
+        p = torch.softmax(s, dim=-1)
         return p, (row_entropy_from_scores(p, s) if with_entropy else None)
 
-    dev = torch.device(out_device or q.device)
-    if out is not None and (out.shape != (B, h, T, T) or out.dtype != dtype or out.device != dev
-                            or not out.is_contiguous()):
-        raise MathlensError(f"out must be a contiguous {(B, h, T, T)} {dtype} tensor on {dev}")
-    # one chunk on the same device: the weights go straight into `out` (no zero-filled buffer, no copy)
-    direct = out if out is not None and chunk_rows >= T and dev == q.device and pattern_fn is None else None
-    if chunk_rows >= T:
+    dev = out_device or q.device
+    if chunk_rows >= T:  # one chunk: no zero-filled buffer, no copy
         p, H = rows(0, T)
-        if out is not None and direct is None:
-            p = out.copy_(p)
         return (p.to(dev), H.to(dev)) if with_entropy else p.to(dev)
-    out = out.zero_() if out is not None else torch.zeros(B, h, T, T, dtype=dtype, device=dev)
+    out = torch.zeros(B, h, T, T, dtype=dtype, device=dev)
     H = torch.empty(B, h, T, dtype=dtype, device=dev) if with_entropy else None
     for start in range(0, T, chunk_rows):
         end = min(T, start + chunk_rows)
@@ -200,7 +182,7 @@ class _Recorder:
         self.a, self.layers, self.heads, self.want = adapter, set(layers), heads, want
         self.store, self.chunk, self.dtype, self.eager = store_device, chunk_rows, pattern_dtype, eager
         self.tensors: dict[str, Tensor] = {}
-        self.pending: dict[int, dict[str, Tensor]] = {}  # q, k of a block until it ends
+        self.scratch: dict[int, dict[str, Tensor]] = {}
         self.all_heads = heads == list(range(adapter.n_head))
         self.recompute = "pattern" in want and not eager  # weights from q and k at the end of each block
 
@@ -224,7 +206,7 @@ class _Recorder:
         if i not in self.layers:
             return
         if self.recompute and name in ("q", "k"):  # kept (on the device) until the block ends, for its weights
-            self.pending.setdefault(i, {})[name] = t
+            self.scratch.setdefault(i, {})[name] = t
         if name in ("resid_pre", "resid_mid", "resid_post"):
             if self.keeps(name):
                 self._put(f"blocks.{i}.hook_{name}", t)
@@ -238,7 +220,7 @@ class _Recorder:
             if "pattern" in self.want:
                 self._put(f"blocks.{i}.attn.hook_pattern", self._sel(t).to(self.dtype))
         elif name == "end" and self.recompute:
-            self._pattern(i, self.pending.pop(i))
+            self._pattern(i, self.scratch.pop(i))
 
     def _pattern(self, i: int, s: dict) -> None:
         fn = self.a.pattern_fn(i)
