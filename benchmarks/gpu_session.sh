@@ -99,7 +99,7 @@ recipe)
 probes)
     $PY benchmarks/intrinsic_dimension.py --device cuda --repeats 3 --out "$OUT/intrinsic_dimension_cuda.json" 2>&1 \
         | tee "$OUT/probes.log"
-    $PY benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32 --repeats 5 \
+    $PY benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32 --repeats 3 --block 2 \
         --out "$OUT/capture_cost_gpt2_cuda.json" 2>&1 | tee -a "$OUT/probes.log"
     ;;
 curvature)
