@@ -100,7 +100,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_all(device: str, repeats: int, shape: str) -> dict:
+def time_all(device: str, repeats: int, shape: str, block: int = 1) -> dict:
     """Median seconds per workload. The ``*_reused`` workloads keep a first-order graph between products, so each
     is timed in its own alternation with ``grad_fused`` and freed before the next: at most one kept graph is alive
     (two of them beside the math-attention transients do not fit in 80 GB at the gpt2 shape)."""
@@ -117,11 +117,14 @@ def time_all(device: str, repeats: int, shape: str) -> dict:
         times = {n: [] for n in group}
         for _ in range(repeats):
             for n, fn in fns.items():
-                sync(device)
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                times[n].append(time.perf_counter() - t0)
+                if block > 1:  # an untimed call first: it pays for the memory state the previous workload left
+                    fn()
+                for _ in range(block):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(device)
+                    times[n].append(time.perf_counter() - t0)
         for n, t in times.items():
             medians.setdefault(n, statistics.median(t))  # grad_fused: its median in the first group
         del fns
@@ -201,6 +204,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--block", type=int, default=1,
+                    help="timed calls per workload per round, after one untimed call (1: one call, no untimed call)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls and convolutions (BENCHMARKS.md's setting)")
     ap.add_argument("--skip-curve", action="store_true", help="skip the finite-difference error curve")
@@ -223,7 +228,7 @@ def main() -> int:
         make_workload("hvp_double_backward_fused", model, loss_fn, batches)()
     except Exception as err:  # the expected MathlensError
         fused_fail = str(err)
-    times = dict.fromkeys(WORKLOADS, float("nan")) if args.memory_only else time_all(args.device, args.repeats, args.shape)
+    times = dict.fromkeys(WORKLOADS, float("nan")) if args.memory_only else time_all(args.device, args.repeats, args.shape, args.block)
     mem = memory_all(args.device, args.shape)
     curve = {} if args.skip_curve else fd_error_curve(args.device, args.shape)
     ref_t, ref_m = times["grad_fused"], mem["grad_fused"]
@@ -231,7 +236,7 @@ def main() -> int:
                 "memory_ratio": (mem[n] / ref_m) if (mem[n] and ref_m) else None} for n in WORKLOADS}
     result = {"device": args.device, "shape": args.shape, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "tf32": args.tf32,
-              "repeats": args.repeats, "workloads": rows, "double_backward_fused": fused_fail or "ran",
+              "repeats": args.repeats, "block": args.block, "workloads": rows, "double_backward_fused": fused_fail or "ran",
               "fd_relative_error": curve}
     print(f"{'workload':28s} {'time':>9s} {'×grad':>6s} {'peak MiB':>9s} {'×grad':>6s}")
     for n, r in rows.items():
