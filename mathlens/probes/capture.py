@@ -252,9 +252,9 @@ def capture(model, idx: Tensor, layers: list[int] | None = None, heads: list[int
 
     ``layers``/``heads``: which layers and query heads to keep (None: all); ``what``: subset of
     ``("resid", "resid_post", "q", "k", "v", "z", "pattern")`` ("resid": every residual state; "resid_post": only
-    ``hook_embed`` and each block's ``hook_resid_post``, what :meth:`Capture.resid_states` returns); ``pattern_source``: ``"recompute"`` (from Q/K, chunked)
-    or ``"eager"`` (the model's materialised weights); ``store_device``: where captured tensors go
-    (None: stay on the model's device).
+    ``hook_embed`` and each block's ``hook_resid_post``, what :meth:`Capture.resid_states` returns);
+    ``pattern_source``: ``"recompute"`` (from Q/K, chunked) or ``"eager"`` (the model's materialised weights);
+    ``store_device``: where captured tensors go (None: stay on the model's device).
     """
     bad = set(what) - set(WHAT)
     if bad:
