@@ -234,3 +234,22 @@ def test_model_attention_repeated_calls_agree(idx):
     first = model_attention(a, idx, **kw).to_dict()
     model_attention(b, idx[:, :15], **kw)
     assert model_attention(a, idx, **kw).to_dict() == first
+
+
+def test_spectral_batch_zero_skips_only_the_spectra(idx):
+    """``spectral_batch=0``: the spectral fields are None (valid JSON), every row statistic is unchanged; negative
+    batch sizes are one-line errors."""
+    from mathlens.probes.attention import model_attention
+
+    model = _gpt()
+    kw = dict(kernel_checks=False, mercer=False)
+    full, rows = model_attention(model, idx, spectral_batch=1, **kw), model_attention(model, idx, spectral_batch=0, **kw)
+    spectral = ("effective_rank", "effective_rank_ratio", "stable_rank", "rank_for_eps", "energy_at_k")
+    for a, b in zip(full.heads, rows.heads):
+        assert all(getattr(b, k) is None for k in spectral) and all(getattr(a, k) > 0 for k in spectral)
+        for k in ("entropy", "normalised_entropy", "top_k_mass", "gini", "frac_above_tau"):
+            assert getattr(a, k) == getattr(b, k)
+    assert json.loads(json.dumps(rows.to_dict()))["heads"][0]["settings"]["spectral_batch"] == 0
+    for bad in (dict(spectral_batch=-1), dict(row_batch=0)):
+        with pytest.raises(MathlensError, match="spectral_batch must be"):
+            model_attention(model, idx, **kw, **bad)

@@ -7,7 +7,7 @@ convex hull, Mercer test) in :mod:`mathlens.probes.attention_kernel`, figures in
 
 Row statistics are averaged over the batch and over the rows with at least two visible keys (a causal
 row 0 has a single key: entropy 0 and top-1 mass 1 by construction, so it says nothing about sparsity).
-Spectral statistics are averaged over the first ``spectral_batch`` sequences (all when None).
+Spectral statistics are averaged over the first ``spectral_batch`` sequences (all when None, none when 0).
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ class HeadStats:
     top_k_mass: float
     gini: float
     frac_above_tau: float
-    effective_rank: float  # Roy–Vetterli
-    effective_rank_ratio: float  # effective_rank / n
-    stable_rank: float
-    rank_for_eps: float  # mean smallest k with relative Frobenius error ≤ eps (Eckart–Young)
-    energy_at_k: float  # C(energy_k): singular-value mass in the top energy_k
+    # spectral statistics (None when skipped: spectral_batch=0)
+    effective_rank: float | None  # Roy–Vetterli
+    effective_rank_ratio: float | None  # effective_rank / n
+    stable_rank: float | None
+    rank_for_eps: float | None  # mean smallest k with relative Frobenius error ≤ eps (Eckart–Young)
+    energy_at_k: float | None  # C(energy_k): singular-value mass in the top energy_k
     settings: dict = field(default_factory=dict)  # top_k, tau, eps, eps_norm, energy_k, causal
 
     def to_dict(self) -> dict:
@@ -68,7 +69,8 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     """``P: (B, h, n, n)`` attention weights of ``h`` heads -> one :class:`HeadStats` per head.
 
     Row statistics use the first ``row_batch`` sequences, spectral ones the first ``spectral_batch``
-    (None: all).
+    (None: all; 0: none, the spectral fields are None — a full singular spectrum per head is the costly part at long
+    context: at GPT-2 shape on an H100 it was 92 % of the statistics' time).
     ``energy_k`` defaults to ``n // 4`` (Linformer: the top 128 of 512); ``eps`` is a relative
     Frobenius error for ``rank_for_eps``.
     """
@@ -88,6 +90,9 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
     energy_k = max(1, n // 4) if energy_k is None else min(int(energy_k), n)
     if n < 2:
         raise MathlensError("attention statistics need at least two visible keys (n >= 2)")
+    if spectral_batch is not None and int(spectral_batch) < 0 or row_batch is not None and int(row_batch) < 1:
+        raise MathlensError(f"spectral_batch must be >= 0 and row_batch >= 1 (or None: all sequences), got "
+                            f"{spectral_batch} and {row_batch}")
     if not P.is_floating_point():
         raise MathlensError(f"P must be floating point, got {P.dtype}")
     first = 1 if causal else 0  # the rows with at least two visible keys: a causal row 0 sees only itself
@@ -106,16 +111,21 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
         "gini": rowmean(g),
         "frac_above_tau": rowmean(frac),
     }
-    s = st.singular_values(P[: spectral_batch or B])  # (b, h, n) float64
-    stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
-    stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
-    stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
-    stats["rank_for_eps"] = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
+    nb = B if spectral_batch is None else min(int(spectral_batch), B)
+    if nb:
+        s = st.singular_values(P[:nb])  # (b, h, n) float64
+        stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
+        stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
+        stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
+        stats["rank_for_eps"] = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
     vals = {k: v.tolist() for k, v in stats.items()}  # one device→host transfer per statistic
+    for k in ("effective_rank", "stable_rank", "energy_at_k", "rank_for_eps"):
+        vals.setdefault(k, [None] * len(labels))
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
-                    batch=B, row_batch=R.shape[0], spectral_batch=s.shape[0])
-    return [HeadStats(layer=layer, head=hd, n=n, log_visible=logm, effective_rank_ratio=vals["effective_rank"][j] / n,
-                      settings=dict(settings), **{k: v[j] for k, v in vals.items()})
+                    batch=B, row_batch=R.shape[0], spectral_batch=nb)
+    return [HeadStats(layer=layer, head=hd, n=n, log_visible=logm, settings=dict(settings),
+                      effective_rank_ratio=None if vals["effective_rank"][j] is None else vals["effective_rank"][j] / n,
+                      **{k: v[j] for k, v in vals.items()})
             for j, (layer, hd) in enumerate(labels)]
 
 
@@ -183,7 +193,7 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     out: list[HeadStats] = []
     checks: dict[int, KernelSmootherCheck] = {}
     mercers: list[MercerResult] = []
-    need = None if row_batch is None else max(row_batch, spectral_batch or idx.shape[0])  # sequences used
+    need = None if row_batch is None else max(row_batch, idx.shape[0] if spectral_batch is None else spectral_batch)
     for group in _layer_groups(c, need or idx.shape[0], max_elements):
         # P: (b, |group|·h, T, T), H: (b, |group|·h, T) row entropies from the scores
         P, H = c.patterns(group, chunk_rows=chunk_rows, dtype=pattern_dtype, batch=need, with_entropy=True)
