@@ -18,7 +18,7 @@
 #   recipe      (≈ 8)  nanoGPT's GPU recipe side by side: nanoGPT train.py, then mathlens --preset nanogpt-char-gpu,
 #                      both scored on the whole val split (#3: ≤ 1.48, time to best)
 #   probes      (≈ 4)  intrinsic_dimension (20,000 × 768) against scikit-dimension on the device's CPU,
-#                      capture_cost --shape gpt2 (#4)
+#                      capture_cost --shape gpt2 (#4), with and without the singular spectra
 #   curvature   (≈ 4)  hvp_cost --shape gpt2, top_eigenvalue --shape gpu-preset (#5)
 #   validate    (≤ 10 a call) mathlens validate --suite gpu into runs/validate-gpu; call it again at once (the
 #                      machine stays warm 30 s) to resume until done; then the report comes back (#7)
@@ -101,6 +101,8 @@ probes)
         | tee "$OUT/probes.log"
     $PY benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32 --repeats 3 --block 2 \
         --out "$OUT/capture_cost_gpt2_cuda.json" 2>&1 | tee -a "$OUT/probes.log"
+    $PY benchmarks/capture_cost.py --shape gpt2 --device cuda --pattern-dtype float32 --repeats 3 --block 2 \
+        --no-checks --spectral-batch 0 --out "$OUT/capture_cost_gpt2_cuda_nospectra.json" 2>&1 | tee -a "$OUT/probes.log"
     ;;
 curvature)
     $PY benchmarks/hvp_cost.py --shape gpt2 --device cuda --tf32 --repeats 5 --skip-curve 2>&1 | tee "$OUT/curvature.log"
