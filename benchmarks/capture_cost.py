@@ -65,6 +65,11 @@ def _time(fn, device: str) -> tuple[float, float, int]:
     return time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
 
 
+def _forward_key(phase: str) -> str:
+    """The forward's key in the results for the phase that times ``phase`` against it."""
+    return "forward" if phase == "stats" else f"forward ({phase} phase)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="cpu-preset")
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
             for k, f in work.items():
                 f()  # the first call of a block is not timed: it pays for the other workload's memory state
                 times[k] += [_time(f, args.device) for _ in range(args.block)]
-        fkey = "forward" if name == "stats" else f"forward ({name} phase)"
+        fkey = _forward_key(name)
         for k, v in times.items():
             key = fkey if k == "forward" else k
             med[key] = statistics.median(w for w, _, _ in v)
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
         print(f"{'forward':>14}: wall {med[fkey] * 1e3:9.1f} ms   cpu {cpu[fkey] * 1e3:9.1f} ms   page faults {faults[fkey]:.0f}")
         print(f"{name:>14}: wall {med[name] * 1e3:9.1f} ms ({med[name] / med[fkey]:.2f}x forward)   "
               f"cpu {cpu[name] * 1e3:9.1f} ms ({cpu[name] / cpu[fkey]:.2f}x)   page faults {faults[name]:.0f}")
-    fc = "forward (stats+checks phase)"
+    fc = _forward_key("stats+checks")
     result = {"shape": args.shape, "device": args.device, "threads": torch.get_num_threads(),
               "B": shape["B"], "T": shape["T"], **shape["cfg"], "spectral_batch": args.spectral_batch, "row_batch": args.row_batch,
               "pattern_dtype": args.pattern_dtype, "repeats": args.repeats, "block": args.block, "median_s": med,

@@ -94,7 +94,7 @@ def test_residual_ratio():
     assert st.rank_collapse_profile(states) == pytest.approx([float(st.residual_ratio(u).mean()) for u in states],
                                                               rel=1e-14)
     assert st.rank_collapse_profile([x[None], x[None, :, :1]]) == pytest.approx([1.0, 1.0])  # (1,2,2), (1,2,1)
-    assert max(st.rank_collapse_profile([u.mean(1, keepdim=True).expand(3, 5, 4)] * 2)) < 1e-14  # collapsed, batched
+    assert max(st.rank_collapse_profile([u.mean(1, keepdim=True).expand(3, 5, 4)] * 2)) < 1e-14  # collapsed states
 
 
 def test_nadaraya_watson_and_convex_hull_on_synthetic_heads():

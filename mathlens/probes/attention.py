@@ -76,8 +76,15 @@ def head_statistics(P: Tensor, layer: int = 0, heads: list[int] | None = None, c
     """
     if P.dim() != 4 or P.shape[-1] != P.shape[-2]:
         raise MathlensError(f"P must have shape (batch, heads, n, n), got {tuple(P.shape)}")
+    _check_batches(spectral_batch, row_batch)
     heads = list(range(P.shape[1])) if heads is None else list(heads)
     return _head_stats(P, [(layer, h) for h in heads], causal, top_k, tau, eps, energy_k, spectral_batch, row_batch)
+
+
+def _check_batches(spectral_batch: int | None, row_batch: int | None) -> None:
+    if spectral_batch is not None and int(spectral_batch) < 0 or row_batch is not None and int(row_batch) < 1:
+        raise MathlensError(f"spectral_batch must be >= 0 and row_batch >= 1 (or None: all sequences), got "
+                            f"{spectral_batch} and {row_batch}")
 
 
 def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: int, tau: float, eps: float,
@@ -90,9 +97,6 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
     energy_k = max(1, n // 4) if energy_k is None else min(int(energy_k), n)
     if n < 2:
         raise MathlensError("attention statistics need at least two visible keys (n >= 2)")
-    if spectral_batch is not None and int(spectral_batch) < 0 or row_batch is not None and int(row_batch) < 1:
-        raise MathlensError(f"spectral_batch must be >= 0 and row_batch >= 1 (or None: all sequences), got "
-                            f"{spectral_batch} and {row_batch}")
     if not P.is_floating_point():
         raise MathlensError(f"P must be floating point, got {P.dtype}")
     first = 1 if causal else 0  # the rows with at least two visible keys: a causal row 0 sees only itself
@@ -115,16 +119,16 @@ def _head_stats(P: Tensor, labels: list[tuple[int, int]], causal: bool, top_k: i
     if nb:
         s = st.singular_values(P[:nb])  # (b, h, n) float64
         stats["effective_rank"] = st.effective_rank_from_singular_values(s).mean(0)
+        stats["effective_rank_ratio"] = stats["effective_rank"] / n
         stats["stable_rank"] = ((s**2).sum(-1) / (s[..., 0] ** 2)).mean(0)
         stats["energy_at_k"] = (torch.cumsum(s, -1) / s.sum(-1, keepdim=True))[..., energy_k - 1].mean(0)
         stats["rank_for_eps"] = st.rank_for_error_from_singular_values(s, eps, "fro").to(torch.float64).mean(0)
     vals = {k: v.tolist() for k, v in stats.items()}  # one device→host transfer per statistic
-    for k in ("effective_rank", "stable_rank", "energy_at_k", "rank_for_eps"):
-        vals.setdefault(k, [None] * len(labels))
+    for k in ("effective_rank", "effective_rank_ratio", "stable_rank", "energy_at_k", "rank_for_eps"):
+        vals.setdefault(k, [None] * len(labels))  # spectral_batch=0: not computed
     settings = dict(top_k=top_k, tau=tau, eps=eps, eps_norm="fro", energy_k=energy_k, causal=causal,
                     batch=B, row_batch=R.shape[0], spectral_batch=nb)
     return [HeadStats(layer=layer, head=hd, n=n, log_visible=logm, settings=dict(settings),
-                      effective_rank_ratio=None if vals["effective_rank"][j] is None else vals["effective_rank"][j] / n,
                       **{k: v[j] for k, v in vals.items()})
             for j, (layer, hd) in enumerate(labels)]
 
@@ -187,6 +191,7 @@ def model_attention(model, idx: Tensor, layers=None, heads=None, top_k: int = 5,
     The statistics of several layers are computed together (their heads side by side, one op per statistic)
     while their weights stay within ``max_elements`` entries; a larger layer is handled alone.
     """
+    _check_batches(spectral_batch, row_batch)  # before the forward
     what = ("resid_post", "q", "k", "v", "z") if kernel_checks else ("resid_post", "q", "k")  # ρ reads resid_states()
     c = capture(model, idx, layers=layers, heads=heads, what=what, chunk_rows=chunk_rows,
                 store_device=store_device)
